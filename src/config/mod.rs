@@ -1,0 +1,187 @@
+//! Loading `config.yaml`: environment substitution, parsing with field paths, Pingora's server
+//! section. Turning the parsed resources into runtime objects is `store::Snapshot::build`, which
+//! reports semantic errors with the same kind of path.
+
+pub mod env;
+pub mod schema;
+
+use std::fmt;
+
+use pingora_core::server::configuration::ServerConf;
+
+pub use schema::FileConfig;
+
+/// A config problem, with the path of the offending field (`routes[2].plugins.ai-proxy.provider`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() || self.path == "." {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The parsed file, before runtime compilation.
+pub struct Loaded {
+    pub file: FileConfig,
+    pub server: ServerConf,
+    /// Values substituted from the environment; redacted from any later error message.
+    pub secrets: Vec<String>,
+}
+
+/// Read, substitute and parse a config file.
+pub fn load_file(path: &str) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("", format!("cannot read config file {path}: {e}")))?;
+    parse_str(&text, &|name| std::env::var(name).ok())
+}
+
+/// Parse config text; `lookup` resolves `${VAR}` (the process environment in production).
+pub fn parse_str(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError> {
+    let sub = env::substitute(text, lookup).map_err(|m| ConfigError::new("", m))?;
+    let secrets = sub.secrets;
+    let redact = |e: ConfigError| ConfigError {
+        path: e.path,
+        message: env::redact(&e.message, &secrets),
+    };
+    let de = serde_yaml::Deserializer::from_str(&sub.text);
+    let file: FileConfig = match serde_path_to_error::deserialize(de) {
+        Ok(f) => f,
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            return Err(redact(ConfigError::new(path, inner)));
+        }
+    };
+    let server = server_conf(file.server.as_ref()).map_err(redact)?;
+    Ok(Loaded { file, server, secrets })
+}
+
+/// Pingora's `ServerConf` ignores unknown keys by design; aigate does not, so a typo such as
+/// `grace_period_second` is reported instead of silently keeping the 300 s default.
+fn server_conf(raw: Option<&serde_yaml::Value>) -> Result<ServerConf, ConfigError> {
+    let mut conf = match raw {
+        None | Some(serde_yaml::Value::Null) => ServerConf::default(),
+        Some(v) => {
+            let serde_yaml::Value::Mapping(map) = v else {
+                return Err(ConfigError::new("server", "must be a mapping of Pingora server settings"));
+            };
+            let known = serde_yaml::to_value(ServerConf::default()).unwrap_or_default();
+            if let serde_yaml::Value::Mapping(known) = known {
+                for k in map.keys() {
+                    if !known.contains_key(k) {
+                        let name = k.as_str().unwrap_or("?");
+                        return Err(ConfigError::new(
+                            format!("server.{name}"),
+                            "unknown Pingora server setting",
+                        ));
+                    }
+                }
+            }
+            serde_path_to_error::deserialize::<_, ServerConf>(v.clone()).map_err(|e| {
+                ConfigError::new(format!("server.{}", e.path()), e.into_inner().to_string())
+            })?
+        }
+    };
+    let was_set = |key: &str| {
+        raw.and_then(|v| v.as_mapping()).is_some_and(|m| m.contains_key(key))
+    };
+    // Pingora sleeps the whole grace period on every shutdown (300 s by default). aigate's
+    // defaults keep in-flight streams alive for a short while without making every restart slow.
+    if !was_set("grace_period_seconds") {
+        conf.grace_period_seconds = Some(5);
+    }
+    if !was_set("graceful_shutdown_timeout_seconds") {
+        conf.graceful_shutdown_timeout_seconds = Some(60);
+    }
+    if conf.threads == 0 {
+        return Err(ConfigError::new("server.threads", "must be at least 1"));
+    }
+    Ok(conf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn unknown_route_field_names_its_path() {
+        let e = parse_str(
+            "routes:\n  - id: r1\n    uri: /x\n    bogus: 1\n",
+            &no_env,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.path, "routes[0].bogus");
+        assert!(e.message.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn unknown_plugin_is_an_error() {
+        let e = parse_str(
+            "routes:\n  - id: r1\n    uri: /x\n    plugins:\n      ai-proxi: {}\n",
+            &no_env,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.path, "routes[0].plugins.ai-proxi");
+        assert!(e.message.contains("ai-proxi"), "{e}");
+    }
+
+    #[test]
+    fn bad_provider_names_its_path() {
+        let e = parse_str(
+            "routes:\n  - id: r1\n    uri: /x\n    plugins:\n      ai-proxy:\n        provider: foo\n        auth: {}\n",
+            &no_env,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.path, "routes[0].plugins.ai-proxy.provider");
+    }
+
+    #[test]
+    fn unknown_server_key_is_an_error() {
+        let e = parse_str("server:\n  grace_period_second: 3\n", &no_env).err().unwrap();
+        assert_eq!(e.path, "server.grace_period_second");
+    }
+
+    #[test]
+    fn server_defaults_are_set_deliberately() {
+        let l = parse_str("server:\n  threads: 3\n", &no_env).unwrap();
+        assert_eq!(l.server.threads, 3);
+        assert_eq!(l.server.grace_period_seconds, Some(5));
+        let l = parse_str("server:\n  grace_period_seconds: 30\n", &no_env).unwrap();
+        assert_eq!(l.server.grace_period_seconds, Some(30));
+    }
+
+    #[test]
+    fn env_values_are_redacted_from_errors() {
+        let env = |n: &str| (n == "K").then(|| "sk-verysecret".to_string());
+        let e = parse_str(
+            "routes:\n  - id: r1\n    uri: /x\n    priority: ${K}\n",
+            &env,
+        )
+        .err()
+        .unwrap();
+        assert!(!e.to_string().contains("sk-verysecret"), "{e}");
+    }
+}

@@ -1,0 +1,412 @@
+//! The configuration file's shape, as serde types.
+//!
+//! Resource objects (routes, services, plugin configs) are APISIX's JSON objects verbatim, so a
+//! route body from an APISIX admin-API curl call pastes into `routes:` unchanged. Every struct
+//! denies unknown fields: a misspelt key is an error with its path, never a silently ignored
+//! setting. Semantic checks that serde cannot express live in `config::validate`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole `config.yaml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Pingora's own `ServerConf`, passed through (checked for unknown keys separately).
+    #[serde(default)]
+    pub server: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub gateway: GatewayConf,
+    #[serde(default)]
+    pub routes: Vec<RouteConf>,
+    #[serde(default)]
+    pub services: Vec<ServiceConf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConf {
+    #[serde(default = "default_listen")]
+    pub listen: OneOrMany<String>,
+    #[serde(default)]
+    pub admin: Option<AdminConf>,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: String,
+    #[serde(default)]
+    pub access_log: AccessLogConf,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body_size")]
+    pub max_body_size: u64,
+}
+
+impl Default for GatewayConf {
+    fn default() -> Self {
+        GatewayConf {
+            listen: default_listen(),
+            admin: None,
+            data_dir: default_data_dir(),
+            access_log: AccessLogConf::default(),
+            max_body_size: default_max_body_size(),
+        }
+    }
+}
+
+fn default_listen() -> OneOrMany<String> {
+    OneOrMany::One("0.0.0.0:9080".into())
+}
+fn default_data_dir() -> String {
+    "./data".into()
+}
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 16 * 1024 * 1024;
+fn default_max_body_size() -> u64 {
+    DEFAULT_MAX_BODY_SIZE
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConf {
+    #[serde(default)]
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConf {
+    /// A file path, `-` for stdout, `off` for none.
+    #[serde(default = "default_access_log_path")]
+    pub path: String,
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+impl Default for AccessLogConf {
+    fn default() -> Self {
+        AccessLogConf { path: default_access_log_path(), format: None }
+    }
+}
+fn default_access_log_path() -> String {
+    "logs/access.log".into()
+}
+
+/// A YAML/JSON value that may be given as one item or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// APISIX ids are strings or integers.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[serde(untagged)]
+pub enum Id {
+    Str(String),
+    Int(u64),
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Id::Str(s) => f.write_str(s),
+            Id::Int(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+/// An APISIX route object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConf {
+    pub id: Id,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub desc: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// 1 = enabled (default), 0 = disabled.
+    #[serde(default)]
+    pub status: Option<u8>,
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default)]
+    pub uris: Option<Vec<String>>,
+    /// API7 Enterprise's name for `uris`.
+    #[serde(default)]
+    pub paths: Option<Vec<String>>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub remote_addr: Option<String>,
+    #[serde(default)]
+    pub remote_addrs: Option<Vec<String>>,
+    #[serde(default)]
+    pub vars: Option<serde_json::Value>,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    #[serde(default)]
+    pub service_id: Option<Id>,
+    #[serde(default)]
+    pub plugins: Option<PluginsConf>,
+    #[serde(default)]
+    pub upstream: Option<UpstreamConf>,
+    #[serde(default)]
+    pub timeout: Option<TimeoutConf>,
+    #[serde(default)]
+    pub enable_websocket: Option<bool>,
+    #[serde(default)]
+    pub create_time: Option<i64>,
+    #[serde(default)]
+    pub update_time: Option<i64>,
+}
+
+/// An APISIX service object: plugins and an upstream shared by the routes that name it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConf {
+    pub id: Id,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub desc: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub plugins: Option<PluginsConf>,
+    #[serde(default)]
+    pub upstream: Option<UpstreamConf>,
+    #[serde(default)]
+    pub enable_websocket: Option<bool>,
+    #[serde(default)]
+    pub create_time: Option<i64>,
+    #[serde(default)]
+    pub update_time: Option<i64>,
+}
+
+/// The plugins aigate implements. An unknown plugin name is an error, not a no-op: a route that
+/// silently lost its auth plugin would be worse than one that refuses to load.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConf {
+    #[serde(rename = "ai-proxy", default)]
+    pub ai_proxy: Option<AiProxyConf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ProviderName {
+    #[serde(rename = "openai")]
+    OpenAi,
+    #[serde(rename = "deepseek")]
+    DeepSeek,
+    #[serde(rename = "aimlapi")]
+    AimlApi,
+    #[serde(rename = "anthropic")]
+    Anthropic,
+    #[serde(rename = "gemini")]
+    Gemini,
+    #[serde(rename = "openrouter")]
+    OpenRouter,
+    #[serde(rename = "azure-openai")]
+    AzureOpenAi,
+    #[serde(rename = "openai-compatible")]
+    OpenAiCompatible,
+    #[serde(rename = "vertex-ai")]
+    VertexAi,
+}
+
+/// `ai-proxy`: both the current schema (`provider`, `options`, ...) and the older one of
+/// APISIX 3.9–3.11 (`model: {provider, name, options}`, `passthrough`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiProxyConf {
+    #[serde(default)]
+    pub provider: Option<ProviderName>,
+    pub auth: AuthConf,
+    #[serde(default)]
+    pub options: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(rename = "override", default)]
+    pub override_: Option<OverrideConf>,
+    #[serde(default)]
+    pub provider_conf: Option<ProviderConf>,
+    /// Milliseconds.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub keepalive: Option<bool>,
+    /// Milliseconds.
+    #[serde(default)]
+    pub keepalive_timeout: Option<u64>,
+    #[serde(default)]
+    pub keepalive_pool: Option<u32>,
+    #[serde(default)]
+    pub ssl_verify: Option<bool>,
+    #[serde(default)]
+    pub logging: Option<LoggingConf>,
+    /// Older schema.
+    #[serde(default)]
+    pub model: Option<LegacyModelConf>,
+    /// Older schema: send the LLM's answer on to the route's upstream.
+    #[serde(default)]
+    pub passthrough: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyModelConf {
+    pub provider: ProviderName,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub options: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConf {
+    #[serde(default)]
+    pub header: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub query: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub gcp: Option<GcpAuthConf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpAuthConf {
+    /// The service account key file's JSON, as a string. Falls back to env `GCP_SERVICE_ACCOUNT`.
+    #[serde(default)]
+    pub service_account_json: Option<String>,
+    /// Upper bound on how long a token is cached, seconds.
+    #[serde(default)]
+    pub max_ttl: Option<u64>,
+    /// Refresh this many seconds before the token expires (default 60).
+    #[serde(default)]
+    pub expire_early_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideConf {
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConf {
+    #[serde(default)]
+    pub project_id: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConf {
+    #[serde(default)]
+    pub summaries: bool,
+    #[serde(default)]
+    pub payloads: bool,
+}
+
+/// An APISIX upstream object (used by plain routes and by `passthrough`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConf {
+    #[serde(default)]
+    pub id: Option<Id>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub desc: Option<String>,
+    #[serde(rename = "type", default)]
+    pub type_: Option<String>,
+    pub nodes: Nodes,
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub pass_host: Option<String>,
+    #[serde(default)]
+    pub upstream_host: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<TimeoutConf>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub retry_timeout: Option<f64>,
+    #[serde(default)]
+    pub hash_on: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub keepalive_pool: Option<UpstreamKeepalive>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// `nodes` is either `{"host:port": weight}` or `[{host, port, weight, priority}]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Nodes {
+    Map(BTreeMap<String, u32>),
+    List(Vec<NodeConf>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConf {
+    pub host: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+fn one() -> u32 {
+    1
+}
+
+/// Seconds, as in APISIX.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutConf {
+    #[serde(default)]
+    pub connect: Option<f64>,
+    #[serde(default)]
+    pub send: Option<f64>,
+    #[serde(default)]
+    pub read: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamKeepalive {
+    #[serde(default)]
+    pub size: Option<u32>,
+    #[serde(default)]
+    pub idle_timeout: Option<f64>,
+    #[serde(default)]
+    pub requests: Option<u32>,
+}
