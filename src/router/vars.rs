@@ -1,0 +1,719 @@
+//! APISIX route `vars`: the lua-resty-expr (v1) language, compiled once per
+//! route and evaluated against a [`RequestView`].
+//!
+//! Shape (as lua-resty-expr parses it):
+//! * the top-level array is an AND of its elements, unless its first element
+//!   is a logical operator, in which case the whole array is that group:
+//!   `[["arg_a","==","1"], ["http_x","~~","^b"]]` or `["OR", rule, rule]`;
+//! * an element whose first item is an array is itself an AND group;
+//! * `["OR"|"AND"|"!OR"|"!AND", e1, e2, ...]` (case-insensitive, at least two
+//!   elements) is a logical group; groups nest anywhere;
+//! * a rule is `[var, op, value]`, `[var, "!", op, value]` (negated), or the
+//!   legacy `[var, value]` meaning `==`.
+//!
+//! Semantics follow lua-resty-expr: a variable that is not set makes every
+//! operator false except `~=`, which is true; `!` negates the operator's
+//! result, including for unset variables. Where lua-resty-expr would silently
+//! never match (an unknown operator or variable, `>` against a word, `in`
+//! without an array, a regex PCRE accepts but nothing else could run), aigate
+//! refuses the route at compile time with a message naming the element.
+
+use std::borrow::Cow;
+
+use http::header::{CONTENT_TYPE, COOKIE, HOST};
+use http::{HeaderMap, HeaderName};
+use regex::{Regex, RegexBuilder};
+use serde_json::Value as Json;
+
+use super::cidr::{parse_ip, Cidr, Ip};
+use super::host;
+use super::RequestView;
+
+/// A variable's value (or a `post_arg` value from the body).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value<'a> {
+    Str(Cow<'a, str>),
+    Num(f64),
+    Bool(bool),
+    List(Vec<Value<'a>>),
+}
+
+/// Access to fields of the request body for `post_arg.a.b.c` variables.
+///
+/// `path` is the dotted name split at dots, with `[N]` indexes turned into
+/// their own segment (`post_arg.messages[0].role` asks for
+/// `["messages", "0", "role"]`). Return `None` when the field is absent (or
+/// JSON `null`, or an object: neither compares equal to anything); arrays
+/// come back as [`Value::List`], which `has` searches.
+pub trait PostArgs {
+    fn post_arg(&self, path: &[&str]) -> Option<Value<'_>>;
+}
+
+/// The natural implementation over a parsed JSON body: object keys by name,
+/// array elements by decimal index.
+impl PostArgs for Json {
+    fn post_arg(&self, path: &[&str]) -> Option<Value<'_>> {
+        let mut cur = self;
+        for seg in path {
+            cur = match cur {
+                Json::Object(map) => map.get(*seg)?,
+                Json::Array(items) => items.get(seg.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        json_value(cur)
+    }
+}
+
+fn json_value(v: &Json) -> Option<Value<'_>> {
+    match v {
+        Json::Null | Json::Object(_) => None,
+        Json::Bool(b) => Some(Value::Bool(*b)),
+        Json::Number(n) => n.as_f64().map(Value::Num),
+        Json::String(s) => Some(Value::Str(Cow::Borrowed(s))),
+        Json::Array(items) => Some(Value::List(items.iter().filter_map(json_value).collect())),
+    }
+}
+
+/// A compiled `vars` expression.
+#[derive(Clone, Debug)]
+pub struct Expr {
+    root: Group,
+    reads_body: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Logic {
+    And,
+    Or,
+    NotAnd,
+    NotOr,
+}
+
+#[derive(Clone, Debug)]
+struct Group {
+    logic: Logic,
+    items: Vec<Node>,
+}
+
+#[derive(Clone, Debug)]
+enum Node {
+    Group(Group),
+    Rule(Rule),
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    var: Var,
+    negate: bool,
+    op: Op,
+}
+
+#[derive(Clone, Debug)]
+enum Var {
+    Uri,
+    RequestUri,
+    RequestMethod,
+    Host,
+    Scheme,
+    ServerPort,
+    RemoteAddr,
+    QueryString,
+    ContentType,
+    /// Query parameter name (case-sensitive, compared after percent-decoding).
+    Arg(Box<str>),
+    Http(HeaderName),
+    Cookie(Box<str>),
+    /// Body field path segments.
+    PostArg(Box<[Box<str>]>),
+}
+
+/// A literal from the route. Strings keep their numeric value (if any) so
+/// that a number variable compares numerically against `"5"`.
+#[derive(Clone, Debug)]
+enum Lit {
+    Str(Box<str>, Option<f64>),
+    Num(f64),
+    Bool(bool),
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Eq(Lit),
+    Ne(Lit),
+    Gt(f64),
+    Ge(f64),
+    Lt(f64),
+    Le(f64),
+    In(Box<[Lit]>),
+    Has(Lit),
+    /// `~~` and `~*` (the latter compiled case-insensitive). Unanchored, like
+    /// `ngx.re.find`.
+    Regex(Regex),
+    IpMatch(Box<[Cidr]>),
+}
+
+const OPERATORS: &[&str] = &["==", "~=", ">", "<", ">=", "<=", "in", "has", "~~", "~*", "ipmatch"];
+
+fn logic_op(s: &str) -> Option<Logic> {
+    match s.to_ascii_uppercase().as_str() {
+        "AND" => Some(Logic::And),
+        "OR" => Some(Logic::Or),
+        "!AND" => Some(Logic::NotAnd),
+        "!OR" => Some(Logic::NotOr),
+        _ => None,
+    }
+}
+
+impl Expr {
+    /// Compiles APISIX/lua-resty-expr `vars` from the route's JSON.
+    pub fn compile(v: &Json) -> Result<Expr, String> {
+        let arr = v
+            .as_array()
+            .ok_or_else(|| format!("vars: must be an array of rules such as [[\"arg_name\", \"==\", \"json\"]], got {}", short(v)))?;
+        let mut reads_body = false;
+        let root = match arr.first() {
+            None => Group { logic: Logic::And, items: Vec::new() },
+            Some(Json::String(s)) => match logic_op(s) {
+                Some(logic) => compile_group(logic, s, arr, "vars", &mut reads_body)?,
+                None => {
+                    return Err(format!(
+                        "vars: each rule must be wrapped in its own array: write [[{0}, ...]] instead of [{0}, ...]",
+                        short(&arr[0])
+                    ))
+                }
+            },
+            Some(_) => compile_and(arr, "vars", &mut reads_body)?,
+        };
+        Ok(Expr { root, reads_body })
+    }
+
+    /// Whether the request matches. Unset variables follow lua-resty-expr.
+    pub fn eval(&self, req: &RequestView) -> bool {
+        self.root.eval(req)
+    }
+
+    /// Whether any rule reads `post_arg.*` (so the body must be read first).
+    pub fn reads_body(&self) -> bool {
+        self.reads_body
+    }
+}
+
+/// Error-message rendering of a JSON value, cut so a huge value cannot
+/// flood the log.
+fn short(v: &Json) -> String {
+    let s = v.to_string();
+    if s.len() <= 80 {
+        return s;
+    }
+    let mut end = 77;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// `[e0, e1, ...]` where e0 is an array: an AND of every element.
+fn compile_and(arr: &[Json], path: &str, reads_body: &mut bool) -> Result<Group, String> {
+    let items = arr
+        .iter()
+        .enumerate()
+        .map(|(i, e)| compile_node(e, &format!("{path}[{i}]"), reads_body))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Group { logic: Logic::And, items })
+}
+
+/// `["OR", e1, e2, ...]`: element paths keep their position in the array.
+fn compile_group(logic: Logic, name: &str, arr: &[Json], path: &str, reads_body: &mut bool) -> Result<Group, String> {
+    if arr.len() < 3 {
+        return Err(format!("{path}: logical group {name:?} needs at least two expressions"));
+    }
+    let items = arr
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, e)| compile_node(e, &format!("{path}[{i}]"), reads_body))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Group { logic, items })
+}
+
+fn compile_node(v: &Json, path: &str, reads_body: &mut bool) -> Result<Node, String> {
+    let arr = v
+        .as_array()
+        .ok_or_else(|| format!("{path}: expected a rule [var, op, value] or a group, got {}", short(v)))?;
+    match arr.first() {
+        None => Err(format!("{path}: empty rule")),
+        Some(Json::Array(_)) => Ok(Node::Group(compile_and(arr, path, reads_body)?)),
+        Some(Json::String(s)) => match logic_op(s) {
+            Some(logic) => Ok(Node::Group(compile_group(logic, s, arr, path, reads_body)?)),
+            None => Ok(Node::Rule(compile_rule(arr, path, reads_body)?)),
+        },
+        Some(other) => Err(format!("{path}: the variable name must be a string, got {}", short(other))),
+    }
+}
+
+fn compile_rule(arr: &[Json], path: &str, reads_body: &mut bool) -> Result<Rule, String> {
+    let (negate, op, value) = match arr.len() {
+        4 => {
+            if arr[1].as_str() != Some("!") {
+                return Err(format!("{path}: a four-element rule must be [var, \"!\", op, value], got {}", short(&arr[1])));
+            }
+            (true, Some(&arr[2]), &arr[3])
+        }
+        3 => (false, Some(&arr[1]), &arr[2]),
+        // lua-resty-expr's legacy `[var, value]`, meaning `==`.
+        2 => {
+            if let Some(s) = arr[1].as_str() {
+                if OPERATORS.contains(&s.to_ascii_lowercase().as_str()) {
+                    return Err(format!("{path}: operator {s:?} has no value"));
+                }
+            }
+            (false, None, &arr[1])
+        }
+        n => return Err(format!("{path}: a rule is [var, op, value] or [var, \"!\", op, value], got {n} elements")),
+    };
+    let name = arr[0].as_str().unwrap_or_default();
+    let var = parse_var(name).map_err(|e| format!("{path}: {e}"))?;
+    if matches!(var, Var::PostArg(_)) {
+        *reads_body = true;
+    }
+    let op_name = match op {
+        None => "==".to_string(),
+        Some(Json::String(s)) => s.to_ascii_lowercase(),
+        Some(other) => return Err(format!("{path}: the operator must be a string, got {}", short(other))),
+    };
+    let op = compile_op(&op_name, value).map_err(|e| format!("{path}: {e}"))?;
+    Ok(Rule { var, negate, op })
+}
+
+fn compile_op(op: &str, v: &Json) -> Result<Op, String> {
+    let number = |v: &Json| -> Result<f64, String> {
+        match v {
+            Json::Number(n) => n.as_f64().ok_or_else(|| format!("operator {op:?} needs a number, got {}", short(v))),
+            Json::String(s) => parse_num(s).ok_or_else(|| format!("operator {op:?} needs a number, got {}", short(v))),
+            _ => Err(format!("operator {op:?} needs a number, got {}", short(v))),
+        }
+    };
+    Ok(match op {
+        "==" => Op::Eq(scalar(op, v)?),
+        "~=" => Op::Ne(scalar(op, v)?),
+        ">" => Op::Gt(number(v)?),
+        ">=" => Op::Ge(number(v)?),
+        "<" => Op::Lt(number(v)?),
+        "<=" => Op::Le(number(v)?),
+        "in" => match v {
+            Json::Array(items) => Op::In(items.iter().map(|i| scalar(op, i)).collect::<Result<_, _>>()?),
+            _ => return Err(format!("operator \"in\" needs an array of values, got {}", short(v))),
+        },
+        "has" => Op::Has(scalar(op, v)?),
+        "~~" | "~*" => {
+            let pat = v
+                .as_str()
+                .ok_or_else(|| format!("operator {op:?} needs a regular expression string, got {}", short(v)))?;
+            let re = RegexBuilder::new(pat)
+                .case_insensitive(op == "~*")
+                .build()
+                .map_err(|e| format!("bad regular expression {pat:?}: {e}"))?;
+            Op::Regex(re)
+        }
+        "ipmatch" => {
+            let list: Vec<&Json> = match v {
+                Json::Array(items) => items.iter().collect(),
+                other => vec![other],
+            };
+            if list.is_empty() {
+                return Err("operator \"ipmatch\" needs at least one IP or CIDR".to_string());
+            }
+            let nets = list
+                .into_iter()
+                .map(|i| match i.as_str() {
+                    Some(s) => Cidr::parse(s),
+                    None => Err(format!("operator \"ipmatch\" needs IP/CIDR strings, got {}", short(i))),
+                })
+                .collect::<Result<_, _>>()?;
+            Op::IpMatch(nets)
+        }
+        _ => return Err(format!("unknown operator {op:?}")),
+    })
+}
+
+/// A comparison literal. `null`, arrays and objects are refused: in
+/// lua-resty-expr they never compare equal to a variable's value.
+fn scalar(op: &str, v: &Json) -> Result<Lit, String> {
+    match v {
+        Json::String(s) => Ok(Lit::Str(s.as_str().into(), parse_num(s))),
+        Json::Number(n) => n
+            .as_f64()
+            .map(Lit::Num)
+            .ok_or_else(|| format!("operator {op:?}: number {n} out of range")),
+        Json::Bool(b) => Ok(Lit::Bool(*b)),
+        _ => Err(format!("operator {op:?} needs a string, number or boolean, got {}", short(v))),
+    }
+}
+
+fn parse_var(name: &str) -> Result<Var, String> {
+    let lower = name.to_ascii_lowercase();
+    // Fixed names are case-insensitive, like nginx variables.
+    let fixed = match lower.as_str() {
+        "uri" => Some(Var::Uri),
+        "request_uri" => Some(Var::RequestUri),
+        "request_method" => Some(Var::RequestMethod),
+        "host" => Some(Var::Host),
+        "scheme" => Some(Var::Scheme),
+        "server_port" => Some(Var::ServerPort),
+        "remote_addr" => Some(Var::RemoteAddr),
+        "query_string" | "args" => Some(Var::QueryString),
+        "content_type" => Some(Var::ContentType),
+        _ => None,
+    };
+    if let Some(v) = fixed {
+        return Ok(v);
+    }
+    // The prefixes are matched case-insensitively; what follows keeps its case
+    // where it matters (query parameter, cookie and body field names).
+    let rest = |prefix: &str| -> Option<&str> {
+        if lower.starts_with(prefix) && name.len() > prefix.len() {
+            name.get(prefix.len()..)
+        } else {
+            None
+        }
+    };
+    if let Some(arg) = rest("arg_") {
+        return Ok(Var::Arg(arg.into()));
+    }
+    if let Some(h) = rest("http_") {
+        // `http_x_user_id` reads `X-User-Id`: lower-case, '_' -> '-'.
+        let header = h.to_ascii_lowercase().replace('_', "-");
+        return HeaderName::from_bytes(header.as_bytes())
+            .map(Var::Http)
+            .map_err(|_| format!("variable {name:?}: {header:?} is not a valid header name"));
+    }
+    if let Some(c) = rest("cookie_") {
+        return Ok(Var::Cookie(c.into()));
+    }
+    if let Some(p) = rest("post_arg.") {
+        return parse_body_path(p)
+            .map(|segs| Var::PostArg(segs.into_iter().map(Into::into).collect()))
+            .map_err(|e| format!("variable {name:?}: {e}"));
+    }
+    Err(format!(
+        "unknown variable {name:?} (known: uri, request_uri, request_method, host, scheme, server_port, remote_addr, \
+         query_string, args, content_type, arg_NAME, http_NAME, cookie_NAME, post_arg.NAME)"
+    ))
+}
+
+/// `a.b[0].c` -> `["a", "b", "0", "c"]`. JSONPath wildcards and recursive
+/// descent are refused rather than silently never matching.
+fn parse_body_path(p: &str) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    for part in p.split('.') {
+        let (key, mut idx) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if key.is_empty() {
+            return Err("empty field name in body path".to_string());
+        }
+        out.push(key);
+        while !idx.is_empty() {
+            let close = idx.find(']').ok_or("unclosed '[' in body path")?;
+            let n = &idx[1..close];
+            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("only numeric indexes like [0] are supported in body paths, got [{n}]"));
+            }
+            out.push(n);
+            idx = &idx[close + 1..];
+            if !idx.is_empty() && !idx.starts_with('[') {
+                return Err(format!("unexpected {idx:?} after an index in body path"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Lua `tonumber` for the inputs that matter: decimal (with exponent) and
+/// `0x` hex, surrounding whitespace allowed; no `inf`/`nan` words.
+pub(crate) fn parse_num(s: &str) -> Option<f64> {
+    let t = s.trim_matches(|c: char| c.is_ascii_whitespace());
+    let (neg, body) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    if let Some(hex) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let v = u64::from_str_radix(hex, 16).ok()? as f64;
+        return Some(if neg { -v } else { v });
+    }
+    let plausible = body.bytes().any(|b| b.is_ascii_digit())
+        && body.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
+    if !plausible {
+        return None;
+    }
+    t.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// Numbers rendered like Lua's `tostring` for integers (`9080`, not `9080.0`),
+/// for regex matching against a numeric variable.
+fn fmt_num(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        format!("{x}")
+    }
+}
+
+impl Group {
+    fn eval(&self, req: &RequestView) -> bool {
+        match self.logic {
+            Logic::And => self.items.iter().all(|n| n.eval(req)),
+            Logic::Or => self.items.iter().any(|n| n.eval(req)),
+            Logic::NotAnd => !self.items.iter().all(|n| n.eval(req)),
+            Logic::NotOr => !self.items.iter().any(|n| n.eval(req)),
+        }
+    }
+}
+
+impl Node {
+    fn eval(&self, req: &RequestView) -> bool {
+        match self {
+            Node::Group(g) => g.eval(req),
+            Node::Rule(r) => r.eval(req),
+        }
+    }
+}
+
+impl Rule {
+    fn eval(&self, req: &RequestView) -> bool {
+        let hit = match (&self.var, &self.op) {
+            // Fast path: no need to print the address only to parse it back.
+            (Var::RemoteAddr, Op::IpMatch(nets)) => req.remote_addr.is_some_and(|a| {
+                let ip = Ip::from_addr(a);
+                nets.iter().any(|n| n.contains(ip))
+            }),
+            _ => self.op.test(self.var.read(req).as_ref()),
+        };
+        hit != self.negate
+    }
+}
+
+/// Equality as lua-resty-expr does it, made symmetric: a number equals a
+/// numeric string of the same value, bools only equal bools, lists nothing.
+fn eq(v: &Value, lit: &Lit) -> bool {
+    match (v, lit) {
+        (Value::Str(s), Lit::Str(t, _)) => s.as_ref() == t.as_ref(),
+        (Value::Str(s), Lit::Num(n)) => parse_num(s) == Some(*n),
+        (Value::Num(x), Lit::Num(n)) => x == n,
+        (Value::Num(x), Lit::Str(_, Some(n))) => x == n,
+        (Value::Bool(a), Lit::Bool(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn to_num(v: &Value) -> Option<f64> {
+    match v {
+        Value::Str(s) => parse_num(s),
+        Value::Num(x) => Some(*x),
+        _ => None,
+    }
+}
+
+impl Op {
+    fn test(&self, v: Option<&Value>) -> bool {
+        let Some(v) = v else {
+            // Unset variable: only "not equal" holds.
+            return matches!(self, Op::Ne(_));
+        };
+        match self {
+            Op::Eq(l) => eq(v, l),
+            Op::Ne(l) => !eq(v, l),
+            Op::Gt(n) => to_num(v).is_some_and(|x| x > *n),
+            Op::Ge(n) => to_num(v).is_some_and(|x| x >= *n),
+            Op::Lt(n) => to_num(v).is_some_and(|x| x < *n),
+            Op::Le(n) => to_num(v).is_some_and(|x| x <= *n),
+            Op::In(list) => list.iter().any(|l| eq(v, l)),
+            Op::Has(l) => matches!(v, Value::List(items) if items.iter().any(|i| eq(i, l))),
+            Op::Regex(re) => match v {
+                Value::Str(s) => re.is_match(s),
+                Value::Num(x) => re.is_match(&fmt_num(*x)),
+                _ => false,
+            },
+            Op::IpMatch(nets) => match v {
+                Value::Str(s) => parse_ip(s).is_some_and(|ip| nets.iter().any(|n| n.contains(ip))),
+                _ => false,
+            },
+        }
+    }
+}
+
+impl Var {
+    fn read<'a>(&self, req: &RequestView<'a>) -> Option<Value<'a>> {
+        let s = |x: &'a str| Some(Value::Str(Cow::Borrowed(x)));
+        match self {
+            Var::Uri => s(req.path),
+            Var::RequestUri => match req.query {
+                Some(q) => Some(Value::Str(Cow::Owned(format!("{}?{}", req.path, q)))),
+                None => s(req.path),
+            },
+            Var::RequestMethod => s(req.method),
+            Var::Host => {
+                let h = host::normalize(req.host?)?.var;
+                Some(Value::Str(lower(h)))
+            }
+            Var::Scheme => s(req.scheme),
+            Var::ServerPort => Some(Value::Num(f64::from(req.server_port))),
+            Var::RemoteAddr => {
+                let ip = Ip::from_addr(req.remote_addr?).to_ip_addr();
+                Some(Value::Str(Cow::Owned(ip.to_string())))
+            }
+            Var::QueryString => s(req.query?),
+            Var::ContentType => header(req.headers, &CONTENT_TYPE),
+            Var::Arg(name) => query_arg(req.query?, name),
+            Var::Http(name) => {
+                let v = header(req.headers, name);
+                // HTTP/2 carries the host in :authority, which the gateway
+                // passes as `host` rather than as a header.
+                if v.is_none() && *name == HOST {
+                    return req.host.map(|h| Value::Str(Cow::Borrowed(h)));
+                }
+                v
+            }
+            Var::Cookie(name) => cookie(req.headers, name),
+            Var::PostArg(segs) => {
+                let body = req.body?;
+                // Segment slices on the stack for the usual short paths.
+                let mut buf: [&str; 16] = [""; 16];
+                if segs.len() <= buf.len() {
+                    for (slot, seg) in buf.iter_mut().zip(segs.iter()) {
+                        *slot = seg;
+                    }
+                    body.post_arg(&buf[..segs.len()])
+                } else {
+                    let v: Vec<&str> = segs.iter().map(|s| &**s).collect();
+                    body.post_arg(&v)
+                }
+            }
+        }
+    }
+}
+
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// A request header as nginx's `$http_NAME` gives it: repeated headers are
+/// joined with ", " (with "; " for Cookie), as nginx 1.23+ does.
+fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Value<'a>> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let mut out = String::from_utf8_lossy(first.as_bytes());
+    let sep = if name == COOKIE { "; " } else { ", " };
+    for more in values {
+        let o = out.to_mut();
+        o.push_str(sep);
+        o.push_str(&String::from_utf8_lossy(more.as_bytes()));
+    }
+    Some(Value::Str(out))
+}
+
+/// `cookie_NAME`: the first cookie of that (case-sensitive) name in any
+/// Cookie header, value as sent (not decoded), like lua-resty-cookie.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<Value<'a>> {
+    for hv in headers.get_all(COOKIE) {
+        for pair in hv.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            let (k, v) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => continue,
+            };
+            if k.trim_ascii() == name.as_bytes() {
+                return Some(Value::Str(String::from_utf8_lossy(v.trim_ascii())));
+            }
+        }
+    }
+    None
+}
+
+/// `arg_NAME` as APISIX reads it (`ngx.req.get_uri_args()`): names and values
+/// percent-decoded with '+' as space, first occurrence wins, and a parameter
+/// without '=' is the boolean `true`.
+fn query_arg<'a>(query: &'a str, name: &str) -> Option<Value<'a>> {
+    for part in query.split('&') {
+        let (k, v) = match part.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (part, None),
+        };
+        if !k.is_empty() && decoded_eq(k, name) {
+            return Some(match v {
+                None => Value::Bool(true),
+                Some(v) => Value::Str(percent_decode(v)),
+            });
+        }
+    }
+    None
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The decoded byte at `i` and how many input bytes it used. Malformed
+/// escapes stay literal, as nginx leaves them.
+fn decode_at(r: &[u8], i: usize) -> (u8, usize) {
+    match r[i] {
+        b'+' => (b' ', 1),
+        b'%' => decode_pct(r, i),
+        b => (b, 1),
+    }
+}
+
+fn decode_pct(r: &[u8], i: usize) -> (u8, usize) {
+    match (r.get(i + 1).copied().and_then(hex_val), r.get(i + 2).copied().and_then(hex_val)) {
+        (Some(h), Some(l)) => (h << 4 | l, 3),
+        _ => (b'%', 1),
+    }
+}
+
+/// Compares a raw (encoded) query key with a name without allocating.
+fn decoded_eq(raw: &str, want: &str) -> bool {
+    let (r, w) = (raw.as_bytes(), want.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < r.len() {
+        let (b, used) = decode_at(r, i);
+        if w.get(j) != Some(&b) {
+            return false;
+        }
+        i += used;
+        j += 1;
+    }
+    j == w.len()
+}
+
+pub(crate) fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let r = s.as_bytes();
+    let mut out = Vec::with_capacity(r.len());
+    let mut i = 0;
+    while i < r.len() {
+        let (b, used) = decode_at(r, i);
+        out.push(b);
+        i += used;
+    }
+    match String::from_utf8(out) {
+        Ok(s) => Cow::Owned(s),
+        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
+}
