@@ -1,0 +1,196 @@
+//! aigate-mock: a mock LLM provider for aigate's integration tests and benchmarks.
+//!
+//! It speaks the providers' real wire formats over real TCP (OpenAI chat
+//! completions with SSE streaming, embeddings, Vertex AI `:predict`, Google's
+//! OAuth token grant, an httpbin-style echo) and lets every request choose how
+//! the "provider" misbehaves through `x-mock-*` headers. Everything the gateway
+//! sent upstream is recorded and can be read back through `GET /_mock/requests`.
+//!
+//! The program deliberately uses nothing from the `aigate` library: a mock that
+//! shares code with the thing it tests would share its bugs too.
+//!
+//! Module map:
+//! - `http`    — HTTP/1.x request reading and response heads (keep-alive, chunked, 100-continue)
+//! - `knobs`   — the control knobs and how headers / config / CLI combine
+//! - `openai`  — pure builders for the provider JSON and token counting
+//! - `sse`     — SSE framing and the ways an event stream is sliced onto the wire
+//! - `record`  — the request log behind `/_mock/requests`
+//! - `server`  — connection loop, routing, endpoint handlers, control API
+
+mod http;
+mod knobs;
+mod openai;
+mod record;
+mod server;
+mod sse;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+
+const HELP_TAIL: &str = "\
+ENDPOINTS (routed by path; the query string is ignored):
+  .../chat/completions   OpenAI chat completion; SSE when the body has \"stream\": true.
+                         Prompt tokens = words in messages[].content (string or text parts), >= 1;
+                         completion tokens = number of content pieces.
+  .../embeddings         OpenAI embeddings (input: string, strings, or token arrays;
+                         encoding_format \"base64\" honoured). Prompt tokens = words, >= 1.
+  ...:predict            Vertex AI text-embedding predict ({\"instances\":[{\"content\":..}]}).
+  POST .../token         Google OAuth token grant -> mock-access-token-<n>.
+  /anything[/...]        httpbin-style echo of method, url, args, headers, data, json.
+  /health                {\"status\":\"ok\"}, status from health_status.
+  GET    /_mock/requests  recorded requests, oldest first (last 1000); DELETE clears.
+  GET    /_mock/config    current process-wide knob defaults; POST a JSON object to change
+                          some (keys as below with '_', null = back to CLI default);
+                          DELETE resets all to the CLI defaults.
+  anything else          404 JSON error.
+
+CONTROL HEADERS (per request; header beats /_mock/config beats CLI flag;
+config key = header name without x-mock-, dashes as underscores):
+  x-mock-status: N              answer N; N >= 400 gives an OpenAI-shaped error
+  x-mock-error-body: TEXT       replace the error body verbatim
+  x-mock-error-content-type: T  content type of the error body
+  x-mock-delay-ms: N            wait before the response header (also before close/hang)
+  x-mock-chunk-delay-ms: N      wait before each SSE event after the first
+  x-mock-chunks: N              number of generated content pieces (default 3)
+  x-mock-content: TEXT          the answer text, one piece per word (spaces kept)
+  x-mock-split: true            each SSE event as 3 separate writes/HTTP chunks, 10 ms apart,
+                                cut inside `data:` or the JSON, and inside the blank line
+  x-mock-coalesce: true         head + all SSE events + last chunk in a single write
+  x-mock-crlf: true             CRLF line endings in the SSE stream
+  x-mock-comments: true         `: keep-alive` comment before each SSE event
+  x-mock-usage: final|inline|none   where streamed usage goes (default final = OpenAI)
+  x-mock-prompt-tokens: N       override prompt token count
+  x-mock-completion-tokens: N   override completion token count
+  x-mock-model: NAME            override the model reported
+  x-mock-dims: N                embedding vector size (default 8)
+  x-mock-token-ttl: SECS        expires_in of OAuth tokens
+  x-mock-close: true            read the request, close the connection without answering
+  x-mock-hang: true             read the request, never answer (until the client leaves)
+  x-mock-health-status: N       status of /health
+Every response carries x-mock-name: NAME.";
+
+/// Mock LLM provider for aigate's integration tests and wrk benchmarks.
+///
+/// Prints exactly one line, `aigate-mock listening on ADDR`, once the socket is
+/// bound; nothing else goes to stdout.
+#[derive(Parser, Debug)]
+#[command(name = "aigate-mock", version, after_help = HELP_TAIL)]
+struct Cli {
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    listen: String,
+
+    /// Instance name: the `x-mock-name` response header, the `system_fingerprint`
+    /// and the last word of the default content ("Hello from NAME").
+    #[arg(long, default_value = "mock")]
+    name: String,
+
+    /// Default status of the provider endpoints; >= 400 answers an error (x-mock-status).
+    #[arg(long, value_name = "N", default_value_t = 200,
+          value_parser = clap::value_parser!(u16).range(200..=599))]
+    status: u16,
+
+    /// Default wait before the response header, in ms (x-mock-delay-ms).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    delay_ms: u64,
+
+    /// Default wait before each SSE event after the first, in ms (x-mock-chunk-delay-ms).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    chunk_delay_ms: u64,
+
+    /// Default number of generated content pieces (x-mock-chunks).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    chunks: usize,
+
+    /// `expires_in` of the OAuth tokens served on .../token, in seconds (x-mock-token-ttl).
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    token_ttl: u64,
+
+    /// Do not record requests (benchmarks); GET /_mock/requests then answers [].
+    #[arg(long)]
+    no_record: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+
+    // The name is sent as a header value: refuse what would break the response head.
+    if cli.name.is_empty() || cli.name.chars().any(char::is_control) {
+        eprintln!("aigate-mock: --name must be non-empty and contain no control characters");
+        return ExitCode::from(2);
+    }
+    let cli_knobs = knobs::Knobs {
+        status: cli.status,
+        delay_ms: cli.delay_ms,
+        chunk_delay_ms: cli.chunk_delay_ms,
+        chunks: cli.chunks,
+        token_ttl: cli.token_ttl,
+        ..knobs::Knobs::default()
+    };
+    if let Err(e) = cli_knobs.validate() {
+        eprintln!("aigate-mock: {e}");
+        return ExitCode::from(2);
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aigate-mock: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = Arc::new(server::App::new(cli.name, cli_knobs, !cli.no_record));
+    runtime.block_on(run(&cli.listen, app))
+}
+
+async fn run(listen: &str, app: Arc<server::App>) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("aigate-mock: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("aigate-mock: cannot read the bound address: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The harness reads the port from this line, so it must be flushed right away
+    // and be the only thing ever written to stdout.
+    {
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "aigate-mock listening on {addr}")
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            return ExitCode::FAILURE;
+        }
+    }
+
+    server::serve(listener, app).await;
+    ExitCode::SUCCESS
+}
+
+/// Wall-clock time in Unix milliseconds, as reported in the request log.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Wall-clock time in Unix seconds, as in OpenAI's `created`.
+pub fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
