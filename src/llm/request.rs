@@ -1,0 +1,418 @@
+//! The client's JSON request body: parsed once, rewritten once.
+//!
+//! Only the top level is parsed. Each field keeps its value as a byte range of the original body,
+//! so `messages` (which is nearly all of a long conversation) is never decoded; the rewrite copies
+//! those bytes once into the upstream body and splices in the plugin's options.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    Empty,
+    InvalidJson(String),
+    NotObject,
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyError::Empty => f.write_str("request body is empty; expected a JSON object"),
+            BodyError::InvalidJson(e) => write!(f, "request body is not valid JSON: {e}"),
+            BodyError::NotObject => f.write_str("request body must be a JSON object"),
+        }
+    }
+}
+
+struct Field {
+    key: Box<str>,
+    value: Range<usize>,
+}
+
+/// A parsed chat-completion or embeddings request.
+pub struct LlmRequest {
+    body: Bytes,
+    fields: Vec<Field>,
+}
+
+/// A plugin's `options`, each value serialized to JSON text once at config load.
+#[derive(Debug, Clone, Default)]
+pub struct BodyOptions {
+    pub fields: Vec<(String, String)>,
+}
+
+impl BodyOptions {
+    pub fn from_map(map: &serde_json::Map<String, serde_json::Value>) -> BodyOptions {
+        BodyOptions {
+            fields: map.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// The configured model, if any.
+    pub fn model(&self) -> Option<String> {
+        self.get("model").and_then(|v| serde_json::from_str::<String>(v).ok())
+    }
+}
+
+/// What the rewrite must do besides applying options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RewriteSpec {
+    /// Remove `model` (Azure OpenAI names the deployment in the URL).
+    pub drop_model: bool,
+}
+
+/// Facts about the rewritten body the proxy needs afterwards.
+#[derive(Debug, Clone, Default)]
+pub struct Rewritten {
+    pub body: Bytes,
+    /// The model sent upstream (after options), if any.
+    pub model: Option<String>,
+    /// The upstream answer will be an SSE stream.
+    pub stream: bool,
+    /// `stream_options.include_usage` was added by the gateway, not asked for by the client, so
+    /// the usage-only final event must not be forwarded.
+    pub usage_injected: bool,
+}
+
+impl LlmRequest {
+    pub fn parse(body: Bytes) -> Result<LlmRequest, BodyError> {
+        if body.iter().all(|b| b.is_ascii_whitespace()) {
+            return Err(BodyError::Empty);
+        }
+        let base = body.as_ptr() as usize;
+        let mut de = serde_json::Deserializer::from_slice(&body);
+        let top = match TopLevel::deserialize(&mut de).and_then(|t| de.end().map(|_| t)) {
+            Ok(t) => t,
+            Err(e) if e.classify() == serde_json::error::Category::Data => {
+                return Err(BodyError::NotObject)
+            }
+            Err(e) => return Err(BodyError::InvalidJson(e.to_string())),
+        };
+        let fields = top
+            .0
+            .into_iter()
+            .map(|(k, v)| {
+                let start = v.get().as_ptr() as usize - base;
+                Field { key: k.into(), value: start..start + v.get().len() }
+            })
+            .collect();
+        Ok(LlmRequest { body, fields })
+    }
+
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The raw JSON text of a top-level field (the last one, as JSON parsers do with duplicates).
+    pub fn raw(&self, key: &str) -> Option<&str> {
+        let f = self.fields.iter().rev().find(|f| &*f.key == key)?;
+        // The range came from a &RawValue (valid UTF-8 JSON) over this very buffer.
+        std::str::from_utf8(&self.body[f.value.clone()]).ok()
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.fields.iter().any(|f| &*f.key == key)
+    }
+
+    pub fn model(&self) -> Option<String> {
+        self.raw("model").and_then(|v| serde_json::from_str::<String>(v).ok())
+    }
+
+    pub fn stream(&self) -> bool {
+        self.raw("stream").is_some_and(|v| v.trim() == "true")
+    }
+
+    /// An embeddings call: `input` instead of `messages`.
+    pub fn is_embeddings(&self) -> bool {
+        self.has("input") && !self.has("messages")
+    }
+
+    pub fn max_tokens(&self) -> Option<u64> {
+        ["max_completion_tokens", "max_tokens"]
+            .iter()
+            .find_map(|k| self.raw(k).and_then(|v| v.trim().parse::<u64>().ok()))
+    }
+
+    fn client_asked_usage(&self) -> bool {
+        self.raw("stream_options")
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+            .and_then(|v| v.get("include_usage").and_then(|b| b.as_bool()))
+            .unwrap_or(false)
+    }
+
+    /// The body for one upstream attempt: the client's fields, overwritten by `options`, with
+    /// `stream_options.include_usage` forced on for streams so the final event carries usage.
+    pub fn rewrite(&self, options: &BodyOptions, spec: RewriteSpec) -> Rewritten {
+        let opt = |k: &str| options.get(k);
+        let stream = match opt("stream") {
+            Some(v) => v.trim() == "true",
+            None => self.stream(),
+        };
+        let stream_options = if stream {
+            let base = opt("stream_options").or_else(|| self.raw("stream_options"));
+            let mut map = base
+                .and_then(|v| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(v).ok())
+                .unwrap_or_default();
+            map.insert("include_usage".into(), serde_json::Value::Bool(true));
+            Some(serde_json::Value::Object(map).to_string())
+        } else {
+            None
+        };
+        // Only the client's own request counts as asking: usage added by options or by the gateway
+        // is the gateway's business and is not forwarded.
+        let usage_injected = stream && !self.client_asked_usage();
+
+        let extra: usize = options.fields.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        let mut out = BytesMut::with_capacity(self.body.len() + extra + 48);
+        out.put_u8(b'{');
+        let mut first = true;
+        let mut put = |out: &mut BytesMut, key: &str, value: &[u8]| {
+            if !first {
+                out.put_u8(b',');
+            }
+            first = false;
+            write_json_key(out, key);
+            out.put_u8(b':');
+            out.extend_from_slice(value);
+        };
+        for f in &self.fields {
+            let key = &*f.key;
+            if options.get(key).is_some()
+                || (spec.drop_model && key == "model")
+                || (stream_options.is_some() && key == "stream_options")
+            {
+                continue;
+            }
+            put(&mut out, key, &self.body[f.value.clone()]);
+        }
+        for (k, v) in &options.fields {
+            if (spec.drop_model && k == "model") || (stream_options.is_some() && k == "stream_options") {
+                continue;
+            }
+            put(&mut out, k, v.as_bytes());
+        }
+        if let Some(so) = &stream_options {
+            put(&mut out, "stream_options", so.as_bytes());
+        }
+        out.put_u8(b'}');
+
+        let model = match opt("model") {
+            Some(v) => serde_json::from_str::<String>(v).ok(),
+            None => self.model(),
+        };
+        Rewritten { body: out.freeze(), model, stream, usage_injected }
+    }
+
+    /// The `input` of an embeddings call as a list of strings.
+    pub fn embedding_inputs(&self) -> Vec<String> {
+        match self.raw("input").and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok()) {
+            Some(serde_json::Value::String(s)) => vec![s],
+            Some(serde_json::Value::Array(items)) => items
+                .into_iter()
+                .filter_map(|i| match i {
+                    serde_json::Value::String(s) => Some(s),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Text of the prompt for payload logging: `messages` or `input`, as JSON text.
+    pub fn prompt_json(&self) -> Option<&str> {
+        self.raw("messages").or_else(|| self.raw("input"))
+    }
+
+    /// A quick size-based estimate of prompt tokens (≈ 4 bytes a token) for quota reservations.
+    pub fn estimated_prompt_tokens(&self) -> u64 {
+        let bytes = self.prompt_json().map(str::len).unwrap_or(self.body.len());
+        (bytes as u64 / 4).max(1)
+    }
+
+    /// `post_arg.a.b`: a field of the body, descending into objects (and arrays by index).
+    pub fn lookup(&self, path: &[&str]) -> Option<serde_json::Value> {
+        let (first, rest) = path.split_first()?;
+        let raw = self.raw(first)?;
+        let mut v: serde_json::Value = serde_json::from_str(raw).ok()?;
+        for seg in rest {
+            v = match v {
+                serde_json::Value::Object(mut m) => m.remove(*seg)?,
+                serde_json::Value::Array(mut a) => {
+                    let i: usize = seg.parse().ok()?;
+                    if i < a.len() {
+                        a.swap_remove(i)
+                    } else {
+                        return None;
+                    }
+                }
+                _ => return None,
+            };
+        }
+        Some(v)
+    }
+}
+
+fn write_json_key(out: &mut BytesMut, key: &str) {
+    if key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.put_u8(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.put_u8(b'"');
+    } else {
+        out.extend_from_slice(serde_json::Value::String(key.to_string()).to_string().as_bytes());
+    }
+}
+
+/// The top-level object as (key, raw value) pairs borrowed from the input.
+struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+                    let v: &'de RawValue = map.next_value()?;
+                    fields.push((k, v));
+                }
+                Ok(TopLevel(fields))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A key that borrows from the input unless it contains escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(s: &str) -> LlmRequest {
+        LlmRequest::parse(Bytes::copy_from_slice(s.as_bytes())).unwrap()
+    }
+
+    fn json(b: &Bytes) -> serde_json::Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn classifies_bad_bodies() {
+        assert_eq!(LlmRequest::parse(Bytes::new()).err(), Some(BodyError::Empty));
+        assert_eq!(LlmRequest::parse(Bytes::from_static(b"  \n")).err(), Some(BodyError::Empty));
+        assert_eq!(LlmRequest::parse(Bytes::from_static(b"[1]")).err(), Some(BodyError::NotObject));
+        assert_eq!(LlmRequest::parse(Bytes::from_static(b"\"x\"")).err(), Some(BodyError::NotObject));
+        assert_eq!(LlmRequest::parse(Bytes::from_static(b"42")).err(), Some(BodyError::NotObject));
+        assert!(matches!(LlmRequest::parse(Bytes::from_static(b"{\"a\":")), Err(BodyError::InvalidJson(_))));
+        assert!(matches!(LlmRequest::parse(Bytes::from_static(b"{} x")), Err(BodyError::InvalidJson(_))));
+    }
+
+    #[test]
+    fn options_overwrite_client_fields() {
+        let r = req(r#"{"model":"client","messages":[{"role":"user","content":"hi"}],"temperature":0.2}"#);
+        let opts = BodyOptions::from_map(
+            serde_json::json!({"model":"gpt-4","temperature":1.0,"max_tokens":512}).as_object().unwrap(),
+        );
+        let out = r.rewrite(&opts, RewriteSpec::default());
+        let v = json(&out.body);
+        assert_eq!(v["model"], "gpt-4");
+        assert_eq!(v["temperature"], 1.0);
+        assert_eq!(v["max_tokens"], 512);
+        assert_eq!(v["messages"][0]["content"], "hi");
+        assert_eq!(out.model.as_deref(), Some("gpt-4"));
+        assert!(!out.stream);
+        assert!(v.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn azure_drops_model() {
+        let r = req(r#"{"model":"x","messages":[]}"#);
+        let opts = BodyOptions::from_map(serde_json::json!({"model":"gpt-4"}).as_object().unwrap());
+        let out = r.rewrite(&opts, RewriteSpec { drop_model: true });
+        assert!(json(&out.body).get("model").is_none());
+    }
+
+    #[test]
+    fn streams_get_include_usage() {
+        let r = req(r#"{"messages":[],"stream":true}"#);
+        let out = r.rewrite(&BodyOptions::default(), RewriteSpec::default());
+        assert_eq!(json(&out.body)["stream_options"]["include_usage"], true);
+        assert!(out.stream && out.usage_injected);
+
+        let r = req(r#"{"messages":[],"stream":true,"stream_options":{"include_usage":true,"x":1}}"#);
+        let out = r.rewrite(&BodyOptions::default(), RewriteSpec::default());
+        let v = json(&out.body);
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["stream_options"]["x"], 1);
+        assert!(out.stream && !out.usage_injected);
+
+        let r = req(r#"{"messages":[],"stream_options":{"include_usage":false}}"#);
+        let opts = BodyOptions::from_map(serde_json::json!({"stream":true}).as_object().unwrap());
+        let out = r.rewrite(&opts, RewriteSpec::default());
+        assert_eq!(json(&out.body)["stream_options"]["include_usage"], true);
+        assert!(out.stream && out.usage_injected);
+    }
+
+    #[test]
+    fn escaped_keys_and_whitespace_survive() {
+        let r = req("{ \"a\\\"b\" : [1, 2] ,\n \"messages\":[] }");
+        let out = r.rewrite(&BodyOptions::default(), RewriteSpec::default());
+        let v = json(&out.body);
+        assert_eq!(v["a\"b"], serde_json::json!([1, 2]));
+    }
+
+    #[test]
+    fn lookup_descends() {
+        let r = req(r#"{"model":"gpt-4","metadata":{"team":{"id":7}},"tags":["a","b"]}"#);
+        assert_eq!(r.lookup(&["model"]), Some(serde_json::json!("gpt-4")));
+        assert_eq!(r.lookup(&["metadata", "team", "id"]), Some(serde_json::json!(7)));
+        assert_eq!(r.lookup(&["tags", "1"]), Some(serde_json::json!("b")));
+        assert_eq!(r.lookup(&["nope"]), None);
+    }
+
+    #[test]
+    fn big_body_is_copied_intact() {
+        let content = "x".repeat(1 << 20);
+        let body = format!(r#"{{"messages":[{{"role":"user","content":"{content}"}}]}}"#);
+        let r = req(&body);
+        let opts = BodyOptions::from_map(serde_json::json!({"model":"m"}).as_object().unwrap());
+        let out = r.rewrite(&opts, RewriteSpec::default());
+        let v = json(&out.body);
+        assert_eq!(v["messages"][0]["content"].as_str().unwrap().len(), 1 << 20);
+        assert_eq!(v["model"], "m");
+    }
+}

@@ -1,0 +1,126 @@
+//! A minimal outbound HTTP client on Pingora's own connector (and its connection pool), for the
+//! calls the gateway makes itself: the GCP token exchange and the first hop of `passthrough`.
+//! Responses are small JSON documents, so they are read whole (bounded).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pingora_core::connectors::http::Connector;
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use super::endpoint::Endpoint;
+use super::peer::{http_peer, PeerOptions};
+use super::resolve::resolve;
+
+/// Answers bigger than this are refused (these are token and chat documents, not downloads).
+const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+
+pub struct Response {
+    pub header: ResponseHeader,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn status(&self) -> u16 {
+        self.header.status.as_u16()
+    }
+}
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// Could not connect or resolve.
+    Connect(String),
+    Timeout(String),
+    /// Broken exchange after connecting.
+    Io(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Connect(m) | ClientError::Timeout(m) | ClientError::Io(m) => f.write_str(m),
+        }
+    }
+}
+
+fn connector() -> &'static Connector {
+    static C: OnceLock<Connector> = OnceLock::new();
+    C.get_or_init(|| Connector::new(None))
+}
+
+fn classify(e: &pingora_error::Error, what: &str) -> ClientError {
+    use pingora_error::ErrorType::*;
+    let msg = format!("{what}: {}", e.etype().as_str());
+    match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout => ClientError::Timeout(msg),
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | TLSHandshakeFailure
+        | InvalidCert | TLSHandshakeTimedout => ClientError::Connect(msg),
+        _ => ClientError::Io(msg),
+    }
+}
+
+/// Send one request and read the whole answer. `path_and_query` is sent as-is.
+pub async fn send(
+    endpoint: &Endpoint,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(http::HeaderName, http::HeaderValue)],
+    body: Bytes,
+    timeout: Duration,
+    verify_tls: bool,
+) -> Result<Response, ClientError> {
+    let addr = resolve(&endpoint.host, endpoint.port).await.map_err(ClientError::Connect)?;
+    let opts = PeerOptions {
+        connect_timeout: timeout,
+        read_timeout: timeout,
+        write_timeout: timeout,
+        idle_timeout: Some(Duration::from_secs(60)),
+        verify_tls,
+    };
+    let peer = http_peer(addr, endpoint.tls, &endpoint.host, &opts);
+    let what = endpoint.to_string();
+    let (mut session, _reused) =
+        connector().get_http_session(&peer).await.map_err(|e| classify(&e, &what))?;
+    session.set_read_timeout(Some(timeout));
+    session.set_write_timeout(Some(timeout));
+
+    let mut req = RequestHeader::build(method, path_and_query.as_bytes(), None)
+        .map_err(|e| ClientError::Io(format!("bad request for {what}: {e}")))?;
+    req.insert_header("Host", endpoint.authority()).map_err(|e| ClientError::Io(e.to_string()))?;
+    for (k, v) in headers {
+        req.append_header(k.clone(), v.clone()).map_err(|_| ClientError::Io(format!("invalid header {k}")))?;
+    }
+    req.insert_header("Content-Length", body.len().to_string()).map_err(|e| ClientError::Io(e.to_string()))?;
+
+    let exchange = async {
+        session.write_request_header(Box::new(req)).await.map_err(|e| classify(&e, &what))?;
+        if !body.is_empty() {
+            session.write_request_body(body, true).await.map_err(|e| classify(&e, &what))?;
+        }
+        session.finish_request_body().await.map_err(|e| classify(&e, &what))?;
+        session.read_response_header().await.map_err(|e| classify(&e, &what))?;
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = session.read_response_body().await.map_err(|e| classify(&e, &what))? {
+            if buf.len() + chunk.len() > MAX_RESPONSE {
+                return Err(ClientError::Io(format!("{what}: response too large")));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let header = session
+            .response_header()
+            .cloned()
+            .ok_or_else(|| ClientError::Io(format!("{what}: no response header")))?;
+        Ok(Response { header, body: buf.freeze() })
+    };
+    match exchange.await {
+        Ok(resp) => {
+            connector().release_http_session(session, &peer, peer.options.idle_timeout).await;
+            Ok(resp)
+        }
+        Err(e) => {
+            session.shutdown().await;
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! A provider instance: one provider + endpoint + auth + options, compiled from config.
+//!
+//! `ai-proxy` has one; `ai-proxy-multi` has several. Everything the request path needs is
+//! precomputed here (parsed endpoint, header names and values, encoded query, serialized options).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+
+use super::gcp_auth::GcpTokenSource;
+use super::{driver, vertex_ai, Provider};
+use crate::config::schema::{AuthConf, LoggingConf, ProviderConf, ProviderName};
+use crate::config::ConfigError;
+use crate::llm::request::{BodyOptions, LlmRequest};
+use crate::net::endpoint::{encode_query_component, Endpoint};
+use crate::net::peer::PeerOptions;
+
+/// The settings an instance is built from, whichever plugin schema they came from.
+pub struct InstanceSpec<'a> {
+    pub name: String,
+    pub provider: ProviderName,
+    pub auth: &'a AuthConf,
+    pub options: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    pub endpoint: Option<&'a str>,
+    pub provider_conf: Option<&'a ProviderConf>,
+    pub timeout_ms: Option<u64>,
+    pub keepalive: Option<bool>,
+    pub keepalive_timeout_ms: Option<u64>,
+    pub ssl_verify: Option<bool>,
+    pub logging: Option<LoggingConf>,
+}
+
+pub struct LlmInstance {
+    pub name: String,
+    pub provider: ProviderName,
+    pub driver: &'static dyn Provider,
+    /// The chat endpoint: `override.endpoint` or the provider's default.
+    pub endpoint: Endpoint,
+    pub endpoint_overridden: bool,
+    pub provider_conf: Option<ProviderConf>,
+    pub auth_headers: Vec<(HeaderName, HeaderValue)>,
+    /// `auth.query`, already encoded as `k=v&k2=v2`.
+    pub auth_query: String,
+    pub gcp: Option<Arc<GcpTokenSource>>,
+    pub options: BodyOptions,
+    pub peer: PeerOptions,
+    pub keepalive: bool,
+    pub timeout: Duration,
+    pub logging: LoggingConf,
+}
+
+impl std::fmt::Debug for LlmInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Auth values are deliberately left out.
+        f.debug_struct("LlmInstance")
+            .field("name", &self.name)
+            .field("provider", &self.driver.name())
+            .field("endpoint", &self.endpoint.to_string())
+            .finish()
+    }
+}
+
+/// How one request is sent to an instance.
+pub struct Target {
+    pub endpoint: Endpoint,
+    /// Vertex AI embeddings: convert to and from the `:predict` API.
+    pub vertex_predict: bool,
+}
+
+impl LlmInstance {
+    /// `path` is the config path of the plugin (or instance) for error messages.
+    pub fn build(spec: InstanceSpec<'_>, path: &str) -> Result<LlmInstance, ConfigError> {
+        let drv = driver(spec.provider);
+        let err = |field: &str, msg: String| ConfigError::new(format!("{path}{field}"), msg);
+
+        let (endpoint, overridden) = match spec.endpoint {
+            Some(url) => (Endpoint::parse(url).map_err(|m| err(".override.endpoint", m))?, true),
+            None => match drv.default_endpoint(spec.provider_conf) {
+                Ok(Some(url)) => (Endpoint::parse(&url).map_err(|m| err(".provider_conf", m))?, false),
+                Ok(None) => {
+                    return Err(err(
+                        ".override.endpoint",
+                        format!("provider {} has no default endpoint; override.endpoint is required", drv.name()),
+                    ))
+                }
+                Err(m) => return Err(err(".provider_conf", m)),
+            },
+        };
+
+        let mut auth_headers = Vec::new();
+        for (k, v) in spec.auth.header.iter().flatten() {
+            let field = format!(".auth.header.{k}");
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+                return Err(err(&field, "header names may only contain letters, digits, '.', '_' and '-'".into()));
+            }
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| err(&field, "invalid header name".into()))?;
+            let mut value = HeaderValue::from_str(v)
+                .map_err(|_| err(&field, "invalid header value (control characters?)".into()))?;
+            value.set_sensitive(true);
+            auth_headers.push((name, value));
+        }
+        let mut auth_query = String::new();
+        for (k, v) in spec.auth.query.iter().flatten() {
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+                return Err(err(&format!(".auth.query.{k}"), "invalid query parameter name".into()));
+            }
+            if !auth_query.is_empty() {
+                auth_query.push('&');
+            }
+            encode_query_component(k, &mut auth_query);
+            auth_query.push('=');
+            encode_query_component(v, &mut auth_query);
+        }
+        let gcp = match &spec.auth.gcp {
+            Some(g) => Some(GcpTokenSource::for_conf(g).map_err(|m| err(".auth.gcp", m))?),
+            None => None,
+        };
+
+        let timeout_ms = spec.timeout_ms.unwrap_or(30_000);
+        if timeout_ms == 0 {
+            return Err(err(".timeout", "must be at least 1 (milliseconds)".into()));
+        }
+        let keepalive_timeout_ms = spec.keepalive_timeout_ms.unwrap_or(60_000);
+        if keepalive_timeout_ms < 1000 {
+            return Err(err(".keepalive_timeout", "must be at least 1000 (milliseconds)".into()));
+        }
+        let keepalive = spec.keepalive.unwrap_or(true);
+        let timeout = Duration::from_millis(timeout_ms);
+        let peer = PeerOptions {
+            connect_timeout: timeout,
+            read_timeout: timeout,
+            write_timeout: timeout,
+            idle_timeout: keepalive.then(|| Duration::from_millis(keepalive_timeout_ms)),
+            verify_tls: spec.ssl_verify.unwrap_or(true),
+        };
+
+        Ok(LlmInstance {
+            name: spec.name,
+            provider: spec.provider,
+            driver: drv,
+            endpoint,
+            endpoint_overridden: overridden,
+            provider_conf: spec.provider_conf.cloned(),
+            auth_headers,
+            auth_query,
+            gcp,
+            options: spec.options.map(BodyOptions::from_map).unwrap_or_default(),
+            peer,
+            keepalive,
+            timeout,
+            logging: spec.logging.unwrap_or_default(),
+        })
+    }
+
+    /// Where this request goes. Chat requests use the configured endpoint; embeddings on a default
+    /// endpoint go to the provider's embeddings endpoint, and Vertex AI embeddings to `:predict`.
+    pub fn target(&self, req: &LlmRequest, model: Option<&str>) -> Result<Target, String> {
+        if !req.is_embeddings() {
+            return Ok(Target { endpoint: self.endpoint.clone(), vertex_predict: false });
+        }
+        if self.driver.embeddings_via_predict() {
+            let endpoint = if self.endpoint_overridden {
+                self.endpoint.clone()
+            } else {
+                let model = model.ok_or("an embeddings request to vertex-ai needs a model")?;
+                vertex_ai::predict_endpoint(self.provider_conf.as_ref(), model)?
+            };
+            return Ok(Target { endpoint, vertex_predict: true });
+        }
+        let endpoint = if self.endpoint_overridden {
+            self.endpoint.clone()
+        } else {
+            self.driver.default_embeddings_endpoint(&self.endpoint).unwrap_or_else(|| self.endpoint.clone())
+        };
+        Ok(Target { endpoint, vertex_predict: false })
+    }
+}
