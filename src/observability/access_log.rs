@@ -1,0 +1,411 @@
+//! The access log: nginx-style `$variable` formats, one line per request.
+//!
+//! The format is compiled once into literal and variable segments. The line is rendered in
+//! Pingora's `logging` hook (cheap string pushes) and handed over a bounded channel to a writer
+//! thread, so a slow disk never stalls a request: when the channel is full the line is dropped and
+//! counted instead. Headers that carry credentials render as `[REDACTED]`, whatever the format.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+
+/// nginx's `combined` format followed by the LLM fields.
+pub const DEFAULT_FORMAT: &str = concat!(
+    r#"$remote_addr - $remote_user [$time_local] "$request_line" $status $body_bytes_sent "$http_referer" "$http_user_agent""#,
+    r#" $request_time $upstream_addr $upstream_status $upstream_response_time $request_id $route_id"#,
+    r#" $request_type "$request_llm_model" "$llm_model" $llm_time_to_first_token $llm_prompt_tokens $llm_completion_tokens $llm_total_tokens"#,
+);
+
+/// Header names whose values are credentials.
+const SENSITIVE_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "api-key",
+    "apikey",
+    "x-api-key",
+    "x-goog-api-key",
+    "cookie",
+    "set-cookie",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Var {
+    RemoteAddr,
+    RemoteUser,
+    TimeLocal,
+    TimeIso8601,
+    Msec,
+    RequestMethod,
+    Uri,
+    RequestUri,
+    Args,
+    RequestLine,
+    Scheme,
+    ServerProtocol,
+    Host,
+    Status,
+    BodyBytesSent,
+    RequestLength,
+    RequestTime,
+    UpstreamAddr,
+    UpstreamStatus,
+    UpstreamResponseTime,
+    RouteId,
+    ConsumerName,
+    RequestId,
+    RequestType,
+    LlmTimeToFirstToken,
+    LlmModel,
+    LlmResponseModel,
+    RequestLlmModel,
+    LlmPromptTokens,
+    LlmCompletionTokens,
+    LlmTotalTokens,
+    LlmInstance,
+    LlmAttempts,
+    LlmSummary,
+    LlmPayload,
+    /// `$http_NAME`: NAME lower-cased with `_` for `-`.
+    Header(String),
+    /// `$arg_NAME`.
+    Arg(String),
+}
+
+impl Var {
+    fn parse(name: &str) -> Option<Var> {
+        use Var::*;
+        Some(match name {
+            "remote_addr" => RemoteAddr,
+            "remote_user" => RemoteUser,
+            "time_local" => TimeLocal,
+            "time_iso8601" => TimeIso8601,
+            "msec" => Msec,
+            "request_method" => RequestMethod,
+            "uri" => Uri,
+            "request_uri" => RequestUri,
+            "args" | "query_string" => Args,
+            "request_line" | "request" => RequestLine,
+            "scheme" => Scheme,
+            "server_protocol" => ServerProtocol,
+            "host" => Host,
+            "status" => Status,
+            "body_bytes_sent" => BodyBytesSent,
+            "request_length" => RequestLength,
+            "request_time" => RequestTime,
+            "upstream_addr" => UpstreamAddr,
+            "upstream_status" => UpstreamStatus,
+            "upstream_response_time" => UpstreamResponseTime,
+            "route_id" => RouteId,
+            "consumer_name" => ConsumerName,
+            "request_id" | "apisix_request_id" => RequestId,
+            "request_type" => RequestType,
+            "llm_time_to_first_token" => LlmTimeToFirstToken,
+            "llm_model" => LlmModel,
+            "llm_response_model" => LlmResponseModel,
+            "request_llm_model" => RequestLlmModel,
+            "llm_prompt_tokens" => LlmPromptTokens,
+            "llm_completion_tokens" => LlmCompletionTokens,
+            "llm_total_tokens" => LlmTotalTokens,
+            "llm_instance" => LlmInstance,
+            "llm_attempts" => LlmAttempts,
+            "llm_summary" => LlmSummary,
+            "llm_payload" => LlmPayload,
+            _ => {
+                if let Some(h) = name.strip_prefix("http_") {
+                    if h.is_empty() {
+                        return None;
+                    }
+                    Header(h.replace('_', "-"))
+                } else if let Some(a) = name.strip_prefix("arg_") {
+                    if a.is_empty() {
+                        return None;
+                    }
+                    Arg(a.to_string())
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+
+    /// Whether a header variable must be redacted.
+    pub fn is_sensitive_header(name: &str) -> bool {
+        SENSITIVE_HEADERS.contains(&name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Lit(String),
+    Var(Var),
+}
+
+#[derive(Debug, Clone)]
+pub struct Format {
+    segments: Vec<Segment>,
+    has_summary: bool,
+    has_payload: bool,
+}
+
+/// Supplies variable values for one request.
+pub trait LogSource {
+    /// Append the variable's value to `out`; write nothing when unknown (rendered as `-`).
+    fn write_var(&self, var: &Var, out: &mut String);
+    /// Whether this request's route asked for the JSON summary / payloads.
+    fn wants_summary(&self) -> bool;
+    fn wants_payload(&self) -> bool;
+}
+
+impl Format {
+    pub fn parse(fmt: &str) -> Result<Format, String> {
+        let mut segments = Vec::new();
+        let mut lit = String::new();
+        let mut chars = fmt.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c != '$' {
+                lit.push(c);
+                continue;
+            }
+            let rest = &fmt[i + 1..];
+            let (name, consumed) = if let Some(inner) = rest.strip_prefix('{') {
+                let end = inner.find('}').ok_or_else(|| format!("unterminated ${{ at offset {i}"))?;
+                (&inner[..end], end + 2)
+            } else {
+                let end = rest
+                    .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                    .unwrap_or(rest.len());
+                (&rest[..end], end)
+            };
+            if name.is_empty() {
+                lit.push('$');
+                continue;
+            }
+            let var = Var::parse(name).ok_or_else(|| format!("unknown variable ${name}"))?;
+            if !lit.is_empty() {
+                segments.push(Segment::Lit(std::mem::take(&mut lit)));
+            }
+            segments.push(Segment::Var(var));
+            for _ in 0..consumed {
+                chars.next();
+            }
+        }
+        if !lit.is_empty() {
+            segments.push(Segment::Lit(lit));
+        }
+        let has = |v: &Var| segments.iter().any(|s| s == &Segment::Var(v.clone()));
+        Ok(Format { has_summary: has(&Var::LlmSummary), has_payload: has(&Var::LlmPayload), segments })
+    }
+
+    pub fn render(&self, src: &dyn LogSource, out: &mut String) {
+        for seg in &self.segments {
+            match seg {
+                Segment::Lit(s) => out.push_str(s),
+                Segment::Var(v) => {
+                    let before = out.len();
+                    src.write_var(v, out);
+                    if out.len() == before {
+                        out.push('-');
+                    }
+                }
+            }
+        }
+        // `logging.summaries` / `logging.payloads` add their JSON even when the format does not
+        // place them explicitly.
+        if src.wants_summary() && !self.has_summary {
+            out.push_str(" summary=");
+            let before = out.len();
+            src.write_var(&Var::LlmSummary, out);
+            if out.len() == before {
+                out.push('-');
+            }
+        }
+        if src.wants_payload() && !self.has_payload {
+            out.push_str(" payload=");
+            let before = out.len();
+            src.write_var(&Var::LlmPayload, out);
+            if out.len() == before {
+                out.push('-');
+            }
+        }
+    }
+}
+
+enum Target {
+    Stdout,
+    File(String),
+}
+
+/// The writing half, shared by all workers.
+pub struct AccessLog {
+    format: Format,
+    tx: Option<SyncSender<String>>,
+    rx: Mutex<Option<Receiver<String>>>,
+    target: Option<Target>,
+    dropped: AtomicU64,
+}
+
+const QUEUE: usize = 65_536;
+
+impl AccessLog {
+    /// `path`: a file, `-` (stdout) or `off`. Opening the file is checked here, so an unwritable
+    /// log path is a startup error rather than silently lost logs.
+    pub fn new(path: &str, format: Option<&str>) -> Result<AccessLog, String> {
+        let format = Format::parse(format.unwrap_or(DEFAULT_FORMAT))?;
+        let target = match path {
+            "off" | "" => None,
+            "-" => Some(Target::Stdout),
+            p => {
+                open_append(p)?;
+                Some(Target::File(p.to_string()))
+            }
+        };
+        let (tx, rx) = match target {
+            Some(_) => {
+                let (tx, rx) = sync_channel(QUEUE);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        Ok(AccessLog { format, tx, rx: Mutex::new(rx), target, dropped: AtomicU64::new(0) })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    pub fn log(&self, src: &dyn LogSource) {
+        let Some(tx) = &self.tx else { return };
+        let mut line = String::with_capacity(384);
+        self.format.render(src, &mut line);
+        line.push('\n');
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                if self.dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+                    log::warn!("access log queue full; dropping lines (disk too slow?)");
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn open_append(path: &str) -> Result<File, String> {
+    if let Some(dir) = Path::new(path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create access log directory {}: {e}", dir.display()))?;
+        }
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open access log {path}: {e}"))
+}
+
+/// Runs the writer thread. A Pingora background service, so it starts after daemonizing (threads
+/// made before the fork would be lost) and flushes on shutdown.
+pub struct AccessLogService(pub Arc<AccessLog>);
+
+#[async_trait]
+impl BackgroundService for AccessLogService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(rx) = self.0.rx.lock().ok().and_then(|mut r| r.take()) else { return };
+        let target = match &self.0.target {
+            Some(Target::Stdout) => None,
+            Some(Target::File(p)) => Some(p.clone()),
+            None => return,
+        };
+        let writer = std::thread::Builder::new()
+            .name("aigate-access-log".into())
+            .spawn(move || write_loop(rx, target))
+            .ok();
+        let _ = shutdown.changed().await;
+        drop(writer);
+    }
+}
+
+fn write_loop(rx: Receiver<String>, path: Option<String>) {
+    let mut out: Box<dyn Write> = match &path {
+        None => Box::new(BufWriter::new(std::io::stdout())),
+        Some(p) => match open_append(p) {
+            Ok(f) => Box::new(BufWriter::with_capacity(64 * 1024, f)),
+            Err(e) => {
+                log::error!("{e}");
+                return;
+            }
+        },
+    };
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let _ = out.write_all(line.as_bytes());
+                // Drain what is queued, then flush once: one syscall per burst, not per line.
+                while let Ok(line) = rx.try_recv() {
+                    let _ = out.write_all(line.as_bytes());
+                }
+                let _ = out.flush();
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = out.flush();
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Src;
+    impl LogSource for Src {
+        fn write_var(&self, var: &Var, out: &mut String) {
+            match var {
+                Var::Status => out.push_str("200"),
+                Var::Header(h) if h == "user-agent" => out.push_str("curl"),
+                Var::LlmSummary => out.push_str("{\"a\":1}"),
+                _ => {}
+            }
+        }
+        fn wants_summary(&self) -> bool {
+            true
+        }
+        fn wants_payload(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn renders_vars_literals_and_dashes() {
+        let f = Format::parse("$status \"$http_user_agent\" ${route_id}x $$ $").unwrap();
+        let mut s = String::new();
+        f.render(&Src, &mut s);
+        assert_eq!(s, "200 \"curl\" -x $$ $ summary={\"a\":1}");
+    }
+
+    #[test]
+    fn unknown_variable_is_an_error() {
+        assert!(Format::parse("$nope").unwrap_err().contains("$nope"));
+        assert!(Format::parse(DEFAULT_FORMAT).is_ok());
+    }
+
+    #[test]
+    fn sensitive_headers() {
+        assert!(Var::is_sensitive_header("authorization"));
+        assert!(!Var::is_sensitive_header("user-agent"));
+    }
+}

@@ -1,0 +1,4 @@
+//! What the gateway tells operators: access log lines and request ids.
+
+pub mod access_log;
+pub mod request_id;

@@ -1,0 +1,169 @@
+//! The resource store: the validated, compiled runtime view of routes and services.
+//!
+//! A `Snapshot` is built once from config (and, later, from admin API changes), fully validated,
+//! and published through an `ArcSwap`. Each request loads the current snapshot once and uses it
+//! to the end, so a config change never affects a request half-way through.
+
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::schema::{FileConfig, RouteConf, ServiceConf};
+use crate::config::ConfigError;
+use crate::plugins::RoutePlugins;
+use crate::router::{vars::Expr, RouteEntry, Router};
+use upstream::Upstream;
+
+pub struct Route {
+    pub id: String,
+    pub plugins: RoutePlugins,
+    pub upstream: Option<Arc<Upstream>>,
+}
+
+pub struct Snapshot {
+    pub routes: Vec<Arc<Route>>,
+    pub router: Router,
+}
+
+const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE"];
+
+impl Snapshot {
+    pub fn empty() -> Snapshot {
+        Snapshot { routes: Vec::new(), router: Router::new(Vec::new()).expect("empty router") }
+    }
+
+    pub fn build(file: &FileConfig) -> Result<Snapshot, ConfigError> {
+        let mut services: HashMap<String, (usize, &ServiceConf)> = HashMap::new();
+        for (i, s) in file.services.iter().enumerate() {
+            if services.insert(s.id.to_string(), (i, s)).is_some() {
+                return Err(ConfigError::new(format!("services[{i}].id"), format!("duplicate service id {:?}", s.id.to_string())));
+            }
+        }
+        let mut seen = HashMap::new();
+        let mut routes = Vec::with_capacity(file.routes.len());
+        let mut entries = Vec::with_capacity(file.routes.len());
+        for (i, r) in file.routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if seen.insert(r.id.to_string(), i).is_some() {
+                return Err(ConfigError::new(format!("{path}.id"), format!("duplicate route id {:?}", r.id.to_string())));
+            }
+            if r.status == Some(0) {
+                continue; // disabled, as in APISIX
+            }
+            let service = match &r.service_id {
+                Some(sid) => Some(services.get(&sid.to_string()).ok_or_else(|| {
+                    ConfigError::new(format!("{path}.service_id"), format!("service {:?} does not exist", sid.to_string()))
+                })?),
+                None => None,
+            };
+            let (route, entry) = compile_route(r, &path, service.map(|(j, s)| (*j, *s)), routes.len())?;
+            routes.push(Arc::new(route));
+            entries.push(entry);
+        }
+        let router = Router::new(entries).map_err(|m| ConfigError::new("routes", m))?;
+        Ok(Snapshot { routes, router })
+    }
+}
+
+fn compile_route(
+    r: &RouteConf,
+    path: &str,
+    service: Option<(usize, &ServiceConf)>,
+    index: usize,
+) -> Result<(Route, RouteEntry), ConfigError> {
+    let err = |f: &str, m: String| ConfigError::new(format!("{path}{f}"), m);
+    let uris: Vec<String> = match (&r.uri, &r.uris, &r.paths) {
+        (Some(u), None, None) => vec![u.clone()],
+        (None, Some(u), None) | (None, None, Some(u)) => u.clone(),
+        (None, None, None) => return Err(err("", "one of uri, uris or paths is required".into())),
+        _ => return Err(err("", "give only one of uri, uris and paths".into())),
+    };
+    if uris.is_empty() {
+        return Err(err(".uris", "must not be empty".into()));
+    }
+    for (j, u) in uris.iter().enumerate() {
+        if !u.starts_with('/') {
+            return Err(err(&format!(".uris[{j}]"), format!("{u:?} must start with '/'")));
+        }
+        if u.find('*').is_some_and(|p| p != u.len() - 1) {
+            return Err(err(&format!(".uris[{j}]"), format!("{u:?}: '*' is only allowed at the end")));
+        }
+    }
+    let methods = match &r.methods {
+        Some(ms) => {
+            for (j, m) in ms.iter().enumerate() {
+                if !METHODS.contains(&m.as_str()) {
+                    return Err(err(&format!(".methods[{j}]"), format!("unknown method {m:?}")));
+                }
+            }
+            Some(ms.clone())
+        }
+        None => None,
+    };
+    let hosts = match (&r.host, &r.hosts) {
+        (Some(h), None) => vec![h.clone()],
+        (None, Some(h)) => h.clone(),
+        (None, None) => service.and_then(|(_, s)| s.hosts.clone()).unwrap_or_default(),
+        _ => return Err(err("", "give only one of host and hosts".into())),
+    };
+    let remote_addrs = match (&r.remote_addr, &r.remote_addrs) {
+        (Some(a), None) => vec![a.clone()],
+        (None, Some(a)) => a.clone(),
+        (None, None) => Vec::new(),
+        _ => return Err(err("", "give only one of remote_addr and remote_addrs".into())),
+    };
+    let vars = match &r.vars {
+        Some(v) => Some(Expr::compile(v).map_err(|m| err(".vars", m))?),
+        None => None,
+    };
+    let service_path = service.map(|(j, _)| format!("services[{j}]")).unwrap_or_default();
+    let plugins = RoutePlugins::compile(
+        r.plugins.as_ref(),
+        path,
+        service.and_then(|(_, s)| s.plugins.as_ref()),
+        &service_path,
+    )?;
+    let upstream = match (&r.upstream, service.and_then(|(_, s)| s.upstream.as_ref())) {
+        (Some(u), _) => Some(Arc::new(Upstream::build(u, &format!("{path}.upstream"))?)),
+        (None, Some(u)) => Some(Arc::new(Upstream::build(u, &format!("{service_path}.upstream"))?)),
+        (None, None) => None,
+    };
+    if !plugins.is_ai() && upstream.is_none() {
+        return Err(err("", "route has nothing to proxy to: add an ai-proxy plugin or an upstream".into()));
+    }
+    if plugins.ai_proxy.as_ref().is_some_and(|p| p.passthrough) && upstream.is_none() {
+        return Err(err(".upstream", "ai-proxy passthrough needs the route's upstream to send the answer to".into()));
+    }
+    let entry = RouteEntry {
+        id: index,
+        uris,
+        methods,
+        hosts,
+        remote_addrs,
+        vars,
+        priority: r.priority.unwrap_or(0),
+    };
+    Ok((Route { id: r.id.to_string(), plugins, upstream }, entry))
+}
+
+/// The live snapshot, swapped atomically on change.
+pub struct Store {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Store {
+    pub fn new(s: Snapshot) -> Store {
+        Store { current: ArcSwap::from_pointee(s) }
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn swap(&self, s: Snapshot) {
+        self.current.store(Arc::new(s));
+    }
+}
