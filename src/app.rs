@@ -1,0 +1,99 @@
+//! Building the Pingora server from a config file.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+
+use crate::config::{self, ConfigError};
+use crate::observability::access_log::{AccessLog, AccessLogService, Format, DEFAULT_FORMAT};
+use crate::proxy::Gateway;
+use crate::store::{Snapshot, Store};
+
+/// Everything validated from the config, ready to serve.
+pub struct Prepared {
+    pub server_conf: ServerConf,
+    pub listen: Vec<SocketAddr>,
+    pub snapshot: Snapshot,
+    pub access_log_path: String,
+    pub access_log_format: Option<String>,
+    pub max_body_size: u64,
+}
+
+/// Load and fully validate a config file. Nothing is opened or written.
+pub fn prepare(path: &str) -> Result<Prepared, ConfigError> {
+    let loaded = config::load_file(path)?;
+    let redact = |e: ConfigError| ConfigError { message: config::env::redact(&e.message, &loaded.secrets), ..e };
+    let gw = &loaded.file.gateway;
+    let listen_list = gw.listen.to_vec();
+    if listen_list.is_empty() {
+        return Err(ConfigError::new("gateway.listen", "at least one address is required"));
+    }
+    let mut listen = Vec::new();
+    for (i, l) in listen_list.iter().enumerate() {
+        let path = if listen_list.len() == 1 { "gateway.listen".to_string() } else { format!("gateway.listen[{i}]") };
+        listen.push(l.parse::<SocketAddr>().map_err(|_| ConfigError::new(path, format!("{l:?} is not an ip:port address")))?);
+    }
+    if gw.max_body_size == 0 {
+        return Err(ConfigError::new("gateway.max_body_size", "must be greater than 0"));
+    }
+    Format::parse(gw.access_log.format.as_deref().unwrap_or(DEFAULT_FORMAT))
+        .map_err(|m| ConfigError::new("gateway.access_log.format", m))?;
+    if let Some(admin) = &gw.admin {
+        if let Some(l) = &admin.listen {
+            l.parse::<SocketAddr>()
+                .map_err(|_| ConfigError::new("gateway.admin.listen", format!("{l:?} is not an ip:port address")))?;
+        }
+    }
+    let snapshot = Snapshot::build(&loaded.file).map_err(redact)?;
+    Ok(Prepared {
+        server_conf: loaded.server,
+        listen,
+        snapshot,
+        access_log_path: gw.access_log.path.clone(),
+        access_log_format: gw.access_log.format.clone(),
+        max_body_size: gw.max_body_size,
+    })
+}
+
+/// Start serving; returns only when the server shuts down.
+pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String> {
+    let access_log = Arc::new(
+        AccessLog::new(&prepared.access_log_path, prepared.access_log_format.as_deref())
+            .map_err(|m| format!("gateway.access_log: {m}"))?,
+    );
+    let pid_file = prepared.server_conf.pid_file.clone();
+    let opt = Opt { upgrade, daemon, nocapture: false, test: false, conf: None };
+    let mut server = Server::new_with_opt_and_conf(opt, prepared.server_conf);
+    server.bootstrap();
+
+    let gateway = Gateway {
+        store: Arc::new(Store::new(prepared.snapshot)),
+        access_log: access_log.clone(),
+        max_body_size: prepared.max_body_size,
+    };
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "aigate data plane");
+    for addr in &prepared.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+    server.add_service(background_service("aigate access log", AccessLogService(access_log)));
+
+    if !daemon {
+        // Pingora writes the pid file only when it daemonizes; systemd uses -d, but tests and
+        // containers run in the foreground and still want it.
+        if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+            log::warn!("cannot write pid file {pid_file}: {e}");
+        }
+    }
+    for addr in &prepared.listen {
+        log::info!("aigate listening on {addr}");
+    }
+    server.run(pingora_core::server::RunArgs::default());
+    if !daemon {
+        let _ = std::fs::remove_file(&pid_file);
+    }
+    Ok(())
+}

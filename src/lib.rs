@@ -1,0 +1,26 @@
+//! aigate: an AI gateway on Cloudflare Pingora that speaks Apache APISIX's AI plugin config.
+//!
+//! Module map (one concern each):
+//! - `config`: the config file's schema, env substitution, loading with field paths.
+//! - `store`: config compiled into a validated runtime snapshot, swapped atomically.
+//! - `router`: APISIX route matching (uris, hosts, methods, `vars`).
+//! - `plugins`: APISIX plugins compiled into runtime objects (`ai-proxy`).
+//! - `providers`: one driver per LLM provider, provider instances, GCP auth.
+//! - `llm`: the wire formats: request body rewrite, SSE and JSON usage taps.
+//! - `proxy`: the Pingora `ProxyHttp` glue, thin hooks over the modules above.
+//! - `balancer`: load-balancing algorithms.
+//! - `net`: endpoints, DNS, peers, the gateway's own outbound client.
+//! - `observability`: access log, request ids.
+//! - `app`: building and running the Pingora server from a config file.
+
+pub mod app;
+pub mod balancer;
+pub mod config;
+pub mod llm;
+pub mod net;
+pub mod observability;
+pub mod plugins;
+pub mod providers;
+pub mod proxy;
+pub mod router;
+pub mod store;

@@ -1,0 +1,78 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// aigate: an AI gateway on Cloudflare Pingora, configured like Apache APISIX's ai-proxy.
+///
+/// It proxies OpenAI-format chat-completion and embedding requests to LLM providers (OpenAI,
+/// DeepSeek, Anthropic, Gemini, Vertex AI, Azure OpenAI, OpenRouter, AIMLAPI, any
+/// OpenAI-compatible server), rewriting model, options, auth and endpoint per route, streaming
+/// answers back and counting tokens.
+#[derive(Parser, Debug)]
+#[command(name = "aigate", version, after_long_help = AFTER_HELP)]
+struct Cli {
+    /// Config file (YAML). `${VAR}` and `${VAR:-default}` are replaced from the environment.
+    #[arg(short = 'c', long = "conf", value_name = "FILE", default_value = "conf/config.yaml")]
+    conf: String,
+
+    /// Check the config and exit: 0 if valid, else 1 with the offending field's path.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+
+    /// Run in the background (Pingora daemon mode; writes server.pid_file).
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+
+    /// Zero-downtime upgrade: take the listening sockets over from the running aigate through
+    /// server.upgrade_sock, then send the old process SIGQUIT.
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+}
+
+const AFTER_HELP: &str = "\
+Config file sections:
+  server:   Pingora's own settings (threads, pid_file, upgrade_sock, grace_period_seconds, ...)
+  gateway:  listen (address or list), admin {listen, key}, data_dir,
+            access_log {path: file | - | off, format: nginx-style $variables}, max_body_size
+  routes:   APISIX route objects (uri/uris/paths, methods, hosts, vars, priority, service_id,
+            plugins: {ai-proxy: ...}, upstream)
+  services: APISIX service objects (id, plugins, upstream)
+
+Signals:
+  SIGTERM  graceful shutdown (in-flight requests finish within the grace period)
+  SIGINT   fast shutdown
+  SIGQUIT  graceful upgrade hand-off (used with -u by the new process)
+
+Environment:
+  RUST_LOG             log filter for the error log (default: info)
+  GCP_SERVICE_ACCOUNT  service account JSON for vertex-ai when auth.gcp has none
+
+Examples:
+  aigate -c conf/config.yaml          run in the foreground
+  aigate -c conf/config.yaml -t       validate the config
+  aigate -c conf/config.yaml -d       run as a daemon (systemd Type=forking)
+  aigate -c conf/config.yaml -u -d    take over from a running aigate";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+
+    let prepared = match aigate::app::prepare(&cli.conf) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("aigate: invalid config {}: {e}", cli.conf);
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.test {
+        println!("aigate: config {} is valid ({} routes)", cli.conf, prepared.snapshot.routes.len());
+        return ExitCode::SUCCESS;
+    }
+    match aigate::app::run(prepared, cli.upgrade, cli.daemon) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aigate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The values of access-log variables for one finished request.
+
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+use pingora_proxy::Session;
+
+use super::ctx::RequestCtx;
+use crate::observability::access_log::{LogSource, Var};
+
+/// Query parameters whose values are credentials (key-auth's `apikey`, Gemini's `key`, ...).
+const SENSITIVE_ARGS: &[&str] = &["key", "apikey", "api_key", "api-key", "access_token", "token", "sig", "signature"];
+
+pub struct LogView<'a> {
+    pub session: &'a Session,
+    pub ctx: &'a RequestCtx,
+    pub now: Instant,
+}
+
+impl LogView<'_> {
+    pub fn status(&self) -> u16 {
+        if let Some(resp) = self.session.response_written() {
+            return resp.status.as_u16();
+        }
+        if let Some(e) = &self.ctx.error {
+            return e.status;
+        }
+        if self.ctx.client_gone {
+            return 499;
+        }
+        0
+    }
+
+    fn tokens(&self) -> Option<crate::llm::usage::Usage> {
+        self.ctx.llm.as_ref().and_then(|l| l.usage)
+    }
+
+    fn ttft(&self) -> Option<Duration> {
+        let llm = self.ctx.llm.as_ref()?;
+        let t = llm.first_token_at?;
+        let from = self.ctx.upstream_started.unwrap_or(self.ctx.started);
+        Some(t.saturating_duration_since(from))
+    }
+
+    fn upstream_time(&self) -> Option<Duration> {
+        let start = self.ctx.upstream_started?;
+        let end = self.ctx.upstream_done_at.unwrap_or(self.now);
+        Some(end.saturating_duration_since(start))
+    }
+}
+
+fn secs(out: &mut String, d: Duration) {
+    let _ = write!(out, "{}.{:03}", d.as_secs(), d.subsec_millis());
+}
+
+/// The query string with credential values replaced.
+fn redacted_query(q: &str, out: &mut String) {
+    for (i, pair) in q.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((k, _)) if SENSITIVE_ARGS.contains(&k.to_ascii_lowercase().as_str()) => {
+                out.push_str(k);
+                out.push_str("=[REDACTED]");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+}
+
+impl LogSource for LogView<'_> {
+    fn write_var(&self, var: &Var, out: &mut String) {
+        let req = self.session.req_header();
+        let ctx = self.ctx;
+        match var {
+            Var::RemoteAddr => {
+                if let Some(a) = self.session.client_addr().and_then(|a| a.as_inet()) {
+                    let _ = write!(out, "{}", a.ip());
+                }
+            }
+            Var::RemoteUser => {}
+            Var::TimeLocal => {
+                let t: chrono::DateTime<chrono::Local> = ctx.started_wall.into();
+                let _ = write!(out, "{}", t.format("%d/%b/%Y:%H:%M:%S %z"));
+            }
+            Var::TimeIso8601 => {
+                let t: chrono::DateTime<chrono::Local> = ctx.started_wall.into();
+                let _ = write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%:z"));
+            }
+            Var::Msec => {
+                if let Ok(d) = ctx.started_wall.duration_since(std::time::UNIX_EPOCH) {
+                    secs(out, d);
+                }
+            }
+            Var::RequestMethod => out.push_str(req.method.as_str()),
+            Var::Uri => out.push_str(req.uri.path()),
+            Var::RequestUri => {
+                out.push_str(req.uri.path());
+                if let Some(q) = req.uri.query() {
+                    out.push('?');
+                    redacted_query(q, out);
+                }
+            }
+            Var::Args => {
+                if let Some(q) = req.uri.query() {
+                    redacted_query(q, out);
+                }
+            }
+            Var::RequestLine => {
+                out.push_str(req.method.as_str());
+                out.push(' ');
+                self.write_var(&Var::RequestUri, out);
+                let _ = write!(out, " {:?}", req.version);
+            }
+            Var::Scheme => out.push_str("http"),
+            Var::ServerProtocol => {
+                let _ = write!(out, "{:?}", req.version);
+            }
+            Var::Host => {
+                if let Some(h) = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()) {
+                    out.push_str(h);
+                }
+            }
+            Var::Status => {
+                let s = self.status();
+                if s != 0 {
+                    let _ = write!(out, "{s}");
+                }
+            }
+            Var::BodyBytesSent => {
+                let _ = write!(out, "{}", self.session.as_downstream().body_bytes_sent());
+            }
+            Var::RequestLength => {
+                let _ = write!(out, "{}", self.session.as_downstream().body_bytes_read());
+            }
+            Var::RequestTime => secs(out, self.now.saturating_duration_since(ctx.started)),
+            Var::UpstreamAddr => {
+                if let Some(a) = ctx.upstream_addr {
+                    let _ = write!(out, "{a}");
+                }
+            }
+            Var::UpstreamStatus => {
+                if let Some(s) = ctx.upstream_status {
+                    let _ = write!(out, "{s}");
+                }
+            }
+            Var::UpstreamResponseTime => {
+                if let Some(d) = self.upstream_time() {
+                    secs(out, d);
+                }
+            }
+            Var::RouteId => {
+                if let Some(r) = &ctx.route {
+                    out.push_str(&r.id);
+                }
+            }
+            Var::ConsumerName => {}
+            Var::RequestId => out.push_str(&ctx.request_id),
+            Var::RequestType => out.push_str(ctx.request_type.as_str()),
+            Var::LlmTimeToFirstToken => {
+                if let Some(d) = self.ttft() {
+                    let _ = write!(out, "{}", d.as_millis());
+                }
+            }
+            Var::LlmModel => {
+                if let Some(m) = ctx.llm.as_ref().and_then(|l| l.model.as_deref()) {
+                    out.push_str(m);
+                }
+            }
+            Var::LlmResponseModel => {
+                if let Some(m) = ctx.llm.as_ref().and_then(|l| l.response_model.as_deref()) {
+                    out.push_str(m);
+                }
+            }
+            Var::RequestLlmModel => {
+                if let Some(m) = ctx.llm.as_ref().and_then(|l| l.request_model.as_deref()) {
+                    out.push_str(m);
+                }
+            }
+            Var::LlmPromptTokens => {
+                if let Some(u) = self.tokens() {
+                    let _ = write!(out, "{}", u.prompt_tokens);
+                }
+            }
+            Var::LlmCompletionTokens => {
+                if let Some(u) = self.tokens() {
+                    let _ = write!(out, "{}", u.completion_tokens);
+                }
+            }
+            Var::LlmTotalTokens => {
+                if let Some(u) = self.tokens() {
+                    let _ = write!(out, "{}", u.total_tokens);
+                }
+            }
+            Var::LlmInstance => {
+                if let Some(l) = &ctx.llm {
+                    out.push_str(&l.instance.name);
+                }
+            }
+            Var::LlmAttempts => {
+                if let Some(l) = &ctx.llm {
+                    let _ = write!(out, "{}", l.attempts);
+                }
+            }
+            Var::LlmSummary => {
+                let Some(l) = &ctx.llm else { return };
+                let u = l.usage.unwrap_or_default();
+                let v = serde_json::json!({
+                    "request_model": l.request_model,
+                    "model": l.model,
+                    "response_model": l.response_model,
+                    "instance": l.instance.name,
+                    "duration": self.now.saturating_duration_since(ctx.started).as_millis() as u64,
+                    "upstream_response_time": self.upstream_time().map(|d| d.as_millis() as u64),
+                    "time_to_first_token": self.ttft().map(|d| d.as_millis() as u64),
+                    "prompt_tokens": u.prompt_tokens,
+                    "completion_tokens": u.completion_tokens,
+                    "total_tokens": u.total_tokens,
+                    "status": self.status(),
+                });
+                out.push_str(&v.to_string());
+            }
+            Var::LlmPayload => {
+                let Some(l) = &ctx.llm else { return };
+                let request: serde_json::Value = l
+                    .request
+                    .prompt_json()
+                    .and_then(|p| serde_json::from_str(p).ok())
+                    .unwrap_or(serde_json::Value::Null);
+                let v = serde_json::json!({ "request": request, "response": l.response_text });
+                out.push_str(&v.to_string());
+            }
+            Var::Header(name) => {
+                let Some(v) = req.headers.get(name.as_str()) else { return };
+                if Var::is_sensitive_header(name) {
+                    out.push_str("[REDACTED]");
+                } else {
+                    out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                }
+            }
+            Var::Arg(name) => {
+                let Some(q) = req.uri.query() else { return };
+                for pair in q.split('&') {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    if k == name {
+                        if SENSITIVE_ARGS.contains(&k.to_ascii_lowercase().as_str()) {
+                            out.push_str("[REDACTED]");
+                        } else {
+                            out.push_str(v);
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn wants_summary(&self) -> bool {
+        self.ctx.llm.as_ref().is_some_and(|l| l.instance.logging.summaries)
+    }
+
+    fn wants_payload(&self) -> bool {
+        self.ctx.llm.as_ref().is_some_and(|l| l.instance.logging.payloads)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_credentials_are_redacted() {
+        let mut s = String::new();
+        redacted_query("a=1&apikey=secret&KEY=x&b", &mut s);
+        assert_eq!(s, "a=1&apikey=[REDACTED]&KEY=[REDACTED]&b");
+    }
+}

@@ -1,0 +1,158 @@
+//! The Pingora glue: one `ProxyHttp` implementation whose hooks only hand over to the module that
+//! owns each decision (`request` routes and validates, `outbound` talks to the upstream,
+//! `response` watches the answer, `logging` renders the access log).
+
+pub mod ctx;
+pub mod errors;
+pub mod logging;
+pub mod outbound;
+pub mod replay;
+pub mod request;
+pub mod response;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::observability::access_log::AccessLog;
+use crate::observability::request_id;
+use crate::store::Store;
+use ctx::RequestCtx;
+use request::Verdict;
+
+pub struct Gateway {
+    pub store: Arc<Store>,
+    pub access_log: Arc<AccessLog>,
+    pub max_body_size: u64,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let given = session.req_header().headers.get("x-request-id").map(|v| v.as_bytes());
+        ctx.request_id = request_id::from_client(given).unwrap_or_else(request_id::generate);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match request::run(self, session, ctx).await {
+            Verdict::Proxy => Ok(false),
+            Verdict::Responded => Ok(true),
+            Verdict::Reject(err) => {
+                errors::respond(session, &ctx.request_id, &err).await;
+                ctx.error = Some(err);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        outbound::select_peer(ctx).await.map_err(|e| {
+            let pe = e.to_pingora();
+            ctx.error = Some(e);
+            pe
+        })
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        outbound::shape_request(session, upstream_request, ctx).await.map_err(|e| {
+            let pe = e.to_pingora();
+            ctx.error = Some(e);
+            pe
+        })
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        outbound::swap_body(body, end_of_stream, ctx);
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        response::on_upstream_header(upstream_response, ctx);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        response::on_client_header(upstream_response, ctx);
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        response::on_body(body, end_of_stream, ctx);
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        match outbound::classify_failure(e, ctx) {
+            None => {
+                ctx.client_gone = true;
+                FailToProxy { error_code: 0, can_reuse_downstream: false }
+            }
+            Some(err) => {
+                let code = err.status;
+                // Once the answer has started, the only honest signal left is closing the stream.
+                let fresh = session.response_written().is_none();
+                if fresh {
+                    errors::respond(session, &ctx.request_id, &err).await;
+                }
+                ctx.error = Some(err);
+                FailToProxy { error_code: code, can_reuse_downstream: fresh }
+            }
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        replay::restore(session, &mut ctx.replay);
+        response::settle_usage(ctx);
+        if self.access_log.enabled() {
+            let view = logging::LogView { session, ctx, now: Instant::now() };
+            self.access_log.log(&view);
+        }
+    }
+
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        // Pingora puts this in its error log; the query can carry a credential, so it is left out.
+        let req = session.req_header();
+        let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        format!("{} {}, Host: {host}", req.method, req.uri.path())
+    }
+}

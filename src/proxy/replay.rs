@@ -1,0 +1,261 @@
+//! Replaying a request body of any size through Pingora's proxy loop.
+//!
+//! aigate must read the whole body before choosing the upstream (to route on `post_arg.model`,
+//! validate the JSON and rewrite it). Pingora 0.9 only replays a pre-read body from its retry
+//! buffer, which is fixed at 64 KiB: a larger body reaches the upstream as headers and no bytes,
+//! and cannot be retried. Long conversations are far larger than that.
+//!
+//! So, after reading the body, the real downstream session is wrapped in a `ReplaySession`, a
+//! Pingora custom downstream session (its `custom::server::Session` trait) that forwards every
+//! response write to the real session but reports the request body as fully read and offers the
+//! whole body as its retry buffer. Pingora then hands that body to `request_body_filter` (where
+//! aigate swaps in the rewritten body) on the first attempt and again on every retry, whatever
+//! its size. No patched Pingora needed.
+//!
+//! In `logging`, which Pingora always runs before finishing the request, the real session is put
+//! back, so the connection's keep-alive handling is the stock HTTP/1 one.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderMap;
+use pingora_core::protocols::http::custom::server::Session as CustomSession;
+use pingora_core::protocols::http::custom::CustomMessageWrite;
+use pingora_core::protocols::http::{HttpTask, ServerSession};
+use pingora_core::protocols::l4::socket::SocketAddr;
+use pingora_core::protocols::Digest;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+pub struct ReplaySession {
+    /// The real downstream session. `None` only in the short-lived placeholder used while swapping.
+    inner: Option<ServerSession>,
+    body: Bytes,
+    replayed: bool,
+}
+
+/// Identifies the installed wrapper so `restore` can be sure the custom session it finds is the
+/// one `install` created (it compares heap addresses). 0 = nothing installed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayToken(usize);
+
+impl ReplayToken {
+    pub fn is_installed(&self) -> bool {
+        self.0 != 0
+    }
+}
+
+/// Wrap the session's downstream so `body` is replayed to the upstream.
+pub fn install(session: &mut pingora_proxy::Session, body: Bytes) -> ReplayToken {
+    let placeholder = ServerSession::new_custom(Box::new(ReplaySession { inner: None, body: Bytes::new(), replayed: true }));
+    let real = std::mem::replace(&mut *session.downstream_session, placeholder);
+    let wrapper = Box::new(ReplaySession { inner: Some(real), body, replayed: false });
+    let token = ReplayToken(&*wrapper as *const ReplaySession as usize);
+    *session.downstream_session = ServerSession::new_custom(wrapper);
+    token
+}
+
+/// Put the real downstream session back (keep-alive, connection reuse).
+pub fn restore(session: &mut pingora_proxy::Session, token: &mut ReplayToken) {
+    if !token.is_installed() {
+        return;
+    }
+    let ds: &mut ServerSession = &mut session.downstream_session;
+    let ServerSession::Custom(custom) = ds else { return };
+    let ptr = (&mut **custom) as *mut dyn CustomSession as *mut ReplaySession;
+    if ptr as usize != token.0 {
+        return;
+    }
+    // SAFETY: `ptr` is the address of the live boxed `ReplaySession` that `install` created and
+    // recorded in `token` (only `install` puts a custom session into a request, and the box has
+    // not moved since: boxes keep their heap address). Casting the trait object's data pointer
+    // back to its concrete type is therefore sound, and we hold `&mut` to the session.
+    let replay: &mut ReplaySession = unsafe { &mut *ptr };
+    if let Some(real) = replay.inner.take() {
+        *ds = real;
+    }
+    *token = ReplayToken::default();
+}
+
+impl ReplaySession {
+    fn s(&self) -> &ServerSession {
+        self.inner.as_ref().expect("replay placeholder is never used")
+    }
+    fn m(&mut self) -> &mut ServerSession {
+        self.inner.as_mut().expect("replay placeholder is never used")
+    }
+}
+
+#[async_trait]
+impl CustomSession for ReplaySession {
+    fn req_header(&self) -> &RequestHeader {
+        self.s().req_header()
+    }
+
+    fn req_header_mut(&mut self) -> &mut RequestHeader {
+        self.m().req_header_mut()
+    }
+
+    async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
+        if self.replayed {
+            return Ok(None);
+        }
+        self.replayed = true;
+        Ok(Some(self.body.clone()))
+    }
+
+    async fn drain_request_body(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn write_response_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> Result<()> {
+        self.m().write_response_header(resp).await?;
+        if end {
+            self.m().finish_body().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_response_header_ref(&mut self, resp: &ResponseHeader, end: bool) -> Result<()> {
+        self.m().write_response_header_ref(resp).await?;
+        if end {
+            self.m().finish_body().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_body(&mut self, data: Bytes, end: bool) -> Result<()> {
+        self.m().write_response_body(data, end).await
+    }
+
+    async fn write_trailers(&mut self, trailers: HeaderMap) -> Result<()> {
+        self.m().write_response_trailers(trailers).await
+    }
+
+    async fn response_duplex_vec(&mut self, tasks: Vec<HttpTask>) -> Result<bool> {
+        self.m().response_duplex_vec(tasks).await
+    }
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.m().set_read_timeout(timeout)
+    }
+
+    fn get_read_timeout(&self) -> Option<Duration> {
+        self.s().get_read_timeout()
+    }
+
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.m().set_write_timeout(timeout)
+    }
+
+    fn get_write_timeout(&self) -> Option<Duration> {
+        self.s().get_write_timeout()
+    }
+
+    fn set_total_drain_timeout(&mut self, timeout: Option<Duration>) {
+        self.m().set_total_drain_timeout(timeout)
+    }
+
+    fn get_total_drain_timeout(&self) -> Option<Duration> {
+        self.s().get_total_drain_timeout()
+    }
+
+    fn request_summary(&self) -> String {
+        self.s().request_summary()
+    }
+
+    fn response_written(&self) -> Option<&ResponseHeader> {
+        self.s().response_written()
+    }
+
+    async fn shutdown(&mut self, _code: u32, _ctx: &str) {
+        self.m().shutdown().await
+    }
+
+    fn is_body_done(&mut self) -> bool {
+        true
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        // Only reached if `restore` did not run; finish the response on the real session.
+        self.m().finish_body().await
+    }
+
+    fn is_body_empty(&mut self) -> bool {
+        self.body.is_empty()
+    }
+
+    async fn read_body_or_idle(&mut self, no_body_expected: bool) -> Result<Option<Bytes>> {
+        if no_body_expected || self.replayed {
+            // The real body is fully read: this only waits for the client to go away, which is
+            // how Pingora notices a disconnect mid-stream and stops the upstream.
+            self.m().read_body_or_idle(true).await
+        } else {
+            self.read_body_bytes().await
+        }
+    }
+
+    fn body_bytes_sent(&self) -> usize {
+        self.s().body_bytes_sent()
+    }
+
+    fn body_bytes_read(&self) -> usize {
+        self.s().body_bytes_read()
+    }
+
+    fn digest(&self) -> Option<&Digest> {
+        self.s().digest()
+    }
+
+    fn digest_mut(&mut self) -> Option<&mut Digest> {
+        self.m().digest_mut()
+    }
+
+    fn client_addr(&self) -> Option<&SocketAddr> {
+        self.s().client_addr()
+    }
+
+    fn server_addr(&self) -> Option<&SocketAddr> {
+        self.s().server_addr()
+    }
+
+    fn pseudo_raw_h1_request_header(&self) -> Bytes {
+        self.s().to_h1_raw()
+    }
+
+    fn enable_retry_buffering(&mut self) {}
+
+    fn retry_buffer_truncated(&self) -> bool {
+        false
+    }
+
+    fn get_retry_buffer(&self) -> Option<Bytes> {
+        Some(self.body.clone())
+    }
+
+    async fn finish_custom(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn take_custom_message_reader(
+        &mut self,
+    ) -> Option<Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>> {
+        None
+    }
+
+    fn restore_custom_message_reader(
+        &mut self,
+        _reader: Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>,
+    ) -> Result<()> {
+        Error::e_explain(ErrorType::InternalError, "replay session has no custom messages")
+    }
+
+    fn take_custom_message_writer(&mut self) -> Option<Box<dyn CustomMessageWrite>> {
+        None
+    }
+
+    fn restore_custom_message_writer(&mut self, _writer: Box<dyn CustomMessageWrite>) -> Result<()> {
+        Error::e_explain(ErrorType::InternalError, "replay session has no custom messages")
+    }
+}

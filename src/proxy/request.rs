@@ -1,0 +1,239 @@
+//! The request phase (`request_filter`): route matching, reading and validating the body, and
+//! preparing the LLM call. Everything that can be refused is refused here, before anything is sent
+//! upstream.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use bytes::{Bytes, BytesMut};
+use pingora_proxy::Session;
+
+use super::ctx::{LlmCall, RequestCtx, RequestType, ResponseTap};
+use super::errors::GatewayError;
+use super::{outbound, replay, Gateway};
+use crate::llm::request::{BodyError, LlmRequest};
+use crate::router::vars::{PostArgs, Value};
+use crate::router::RequestView;
+
+/// Outcome of the request phase.
+pub enum Verdict {
+    /// Go on to the upstream.
+    Proxy,
+    /// Answer this error now.
+    Reject(GatewayError),
+    /// A response was already written (passthrough relayed the provider's error).
+    Responded,
+}
+
+pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Verdict {
+    let snapshot = gw.store.load();
+    ctx.snapshot = Some(snapshot.clone());
+
+    // Route on what the headers say; read the body first only if a candidate route needs it.
+    let needs_body = snapshot.router.needs_body(&view(session, None));
+    let mut body: Option<Bytes> = None;
+    let mut parsed: Option<LlmRequest> = None;
+    if needs_body && has_body(session) {
+        match read_body(session, gw.max_body_size).await {
+            Ok(b) => body = Some(b),
+            Err(e) => return Verdict::Reject(e),
+        }
+        parsed = body.clone().and_then(|b| LlmRequest::parse(b).ok());
+    }
+    let found = {
+        let args = parsed.as_ref().map(|p| BodyArgs(p));
+        snapshot.router.find(&view(session, args.as_ref().map(|a| a as &dyn PostArgs)))
+    };
+    let Some(idx) = found else { return Verdict::Reject(GatewayError::not_found()) };
+    let route = snapshot.routes[idx].clone();
+    ctx.route = Some(route.clone());
+
+    let Some(plugin) = route.plugins.ai_proxy.clone() else {
+        // A plain route: the body streams through Pingora untouched, unless it was already read
+        // for matching, in which case it is replayed as is.
+        if let Some(b) = body.filter(|b| !b.is_empty()) {
+            ctx.replay_body = Some(b.clone());
+            ctx.replay = replay::install(session, b);
+        }
+        return Verdict::Proxy;
+    };
+
+    if let Some(ct) = session.req_header().headers.get(http::header::CONTENT_TYPE) {
+        if !is_json(ct.as_bytes()) {
+            return Verdict::Reject(GatewayError::bad_request(
+                "invalid_content_type",
+                format!("Content-Type must be application/json, got {:?}", String::from_utf8_lossy(ct.as_bytes())),
+            ));
+        }
+    }
+    let request = match parsed {
+        Some(p) => p,
+        None => {
+            let b = match body {
+                Some(b) => b,
+                None => match read_body(session, gw.max_body_size).await {
+                    Ok(b) => b,
+                    Err(e) => return Verdict::Reject(e),
+                },
+            };
+            match LlmRequest::parse(b) {
+                Ok(p) => p,
+                Err(e) => {
+                    let code = match e {
+                        BodyError::Empty => "empty_body",
+                        BodyError::InvalidJson(_) => "invalid_json",
+                        BodyError::NotObject => "invalid_body",
+                    };
+                    return Verdict::Reject(GatewayError::bad_request(code, e.to_string()));
+                }
+            }
+        }
+    };
+    ctx.request_type = if request.stream() { RequestType::AiStream } else { RequestType::AiChat };
+    let client_body = request.body().clone();
+    let request_model = request.model();
+    let instance = plugin.instance.clone();
+    ctx.llm = Some(Box::new(LlmCall {
+        plugin: plugin.clone(),
+        request,
+        instance,
+        target: None,
+        upstream_body: Bytes::new(),
+        request_model,
+        model: None,
+        response_model: None,
+        usage_injected: false,
+        upstream_stream: false,
+        tap: ResponseTap::None,
+        usage: None,
+        first_token_at: None,
+        attempts: 0,
+        response_text: None,
+        passthrough_body: None,
+        payload_buf: None,
+    }));
+
+    if plugin.passthrough {
+        match outbound::passthrough_call(session, ctx).await {
+            Ok(None) => {}
+            Ok(Some(())) => return Verdict::Responded,
+            Err(e) => return Verdict::Reject(e),
+        }
+    }
+    ctx.replay = replay::install(session, client_body);
+    Verdict::Proxy
+}
+
+fn has_body(session: &Session) -> bool {
+    let h = &session.req_header().headers;
+    h.get(http::header::TRANSFER_ENCODING).is_some()
+        || h.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+}
+
+fn is_json(ct: &[u8]) -> bool {
+    let mime = ct.split(|b| *b == b';').next().unwrap_or(b"");
+    let mime = String::from_utf8_lossy(mime).trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Read the whole request body, refusing it past `max` bytes. When Content-Length already says it
+/// is too large the body is not read at all; Pingora drains it before reusing the connection, so
+/// the client reads the 413 instead of a reset.
+async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, GatewayError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(GatewayError::too_large(max));
+    }
+    // The gateway consumes the body itself, so it answers `Expect: 100-continue` itself and does
+    // not forward the expectation.
+    let expects = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects {
+        session.req_header_mut().remove_header(&http::header::EXPECT);
+        if session.downstream_session.write_continue_response().await.is_err() {
+            return Err(GatewayError::bad_request("body_read_error", "client went away"));
+        }
+    }
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<BytesMut> = None;
+    let mut total: u64 = 0;
+    loop {
+        let chunk = session
+            .downstream_session
+            .read_request_body()
+            .await
+            .map_err(|_| GatewayError::bad_request("body_read_error", "failed to read the request body"))?;
+        let Some(chunk) = chunk else { break };
+        total += chunk.len() as u64;
+        if total > max {
+            return Err(GatewayError::too_large(max));
+        }
+        // A body that arrives in one read is kept as is; only multi-read bodies are copied.
+        match (&mut first, &mut buf) {
+            (None, None) => first = Some(chunk),
+            (Some(f), None) => {
+                let mut b = BytesMut::with_capacity(declared.map(|n| n as usize).unwrap_or(f.len() * 2).max(f.len() + chunk.len()));
+                b.extend_from_slice(f);
+                b.extend_from_slice(&chunk);
+                buf = Some(b);
+                first = None;
+            }
+            (_, Some(b)) => b.extend_from_slice(&chunk),
+        }
+    }
+    Ok(match (first, buf) {
+        (Some(f), None) => f,
+        (_, Some(b)) => b.freeze(),
+        (None, None) => Bytes::new(),
+    })
+}
+
+fn view<'a>(session: &'a Session, body: Option<&'a dyn PostArgs>) -> RequestView<'a> {
+    let req = session.req_header();
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host());
+    let remote_addr: Option<IpAddr> = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+    let server_port = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()).unwrap_or(0);
+    RequestView {
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        query: req.uri.query(),
+        host,
+        headers: &req.headers,
+        remote_addr,
+        scheme: "http",
+        server_port,
+        body,
+    }
+}
+
+/// `post_arg.*` over the parsed body.
+struct BodyArgs<'a>(&'a LlmRequest);
+
+impl PostArgs for BodyArgs<'_> {
+    fn post_arg(&self, path: &[&str]) -> Option<Value<'_>> {
+        fn conv(v: serde_json::Value) -> Option<Value<'static>> {
+            Some(match v {
+                serde_json::Value::Null => return None,
+                serde_json::Value::Bool(b) => Value::Bool(b),
+                serde_json::Value::Number(n) => Value::Num(n.as_f64()?),
+                serde_json::Value::String(s) => Value::Str(Cow::Owned(s)),
+                serde_json::Value::Array(a) => Value::List(a.into_iter().filter_map(conv).collect()),
+                o @ serde_json::Value::Object(_) => Value::Str(Cow::Owned(o.to_string())),
+            })
+        }
+        conv(self.0.lookup(path)?)
+    }
+}
+

@@ -1,0 +1,191 @@
+//! The response side: watching the provider's answer for token usage as it streams to the
+//! client, and the few rewrites the answer needs (dropping the usage-only SSE event the client did
+//! not ask for, converting Vertex AI predict answers).
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use pingora_http::ResponseHeader;
+
+use super::ctx::{RequestCtx, ResponseTap};
+use crate::llm::json_tap::JsonTap;
+use crate::llm::sse::{SseTap, SseTapOptions};
+use crate::llm::usage::Usage;
+use crate::providers::vertex_ai;
+
+/// Payload logging keeps at most this much of a JSON answer.
+const PAYLOAD_CAP: usize = 1 << 20;
+
+/// `upstream_response_filter`: note the status and pick how the body will be watched.
+pub fn on_upstream_header(resp: &ResponseHeader, ctx: &mut RequestCtx) {
+    ctx.upstream_status = Some(resp.status.as_u16());
+    ctx.upstream_header_at = Some(Instant::now());
+    let Some(llm) = ctx.llm.as_mut() else { return };
+    if llm.passthrough_body.is_some() {
+        return; // the answer comes from the route's upstream, not the LLM
+    }
+    let is_sse = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let ok = resp.status.is_success();
+    let vertex_predict = llm.target.as_ref().is_some_and(|t| t.vertex_predict);
+    llm.tap = if vertex_predict && ok {
+        ResponseTap::Collect(BytesMut::new())
+    } else if is_sse {
+        ResponseTap::Sse(Box::new(SseTap::new(SseTapOptions {
+            drop_usage_only_event: llm.usage_injected,
+            capture_text: llm.instance.logging.payloads,
+        })))
+    } else {
+        if llm.instance.logging.payloads && ok {
+            llm.payload_buf = Some(BytesMut::new());
+        }
+        ResponseTap::Json(Box::new(JsonTap::new()))
+    };
+}
+
+/// `response_filter`: headers the client gets.
+pub fn on_client_header(resp: &mut ResponseHeader, ctx: &RequestCtx) {
+    let _ = resp.insert_header("X-Request-Id", ctx.request_id.as_str());
+    let Some(llm) = ctx.llm.as_ref() else { return };
+    let rewrites_body = match &llm.tap {
+        ResponseTap::Collect(_) => true,
+        ResponseTap::Sse(_) => llm.usage_injected,
+        _ => false,
+    };
+    if rewrites_body {
+        // The body's length changes: send it chunked (else HTTP/1 falls back to closing the
+        // connection to delimit it).
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+    }
+}
+
+/// `response_body_filter`: runs on every chunk on its way to the client. Synchronous, so it only
+/// scans and slices; nothing here waits.
+pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
+    let Some(llm) = ctx.llm.as_mut() else {
+        if end_of_stream {
+            ctx.upstream_done_at = Some(Instant::now());
+        }
+        return;
+    };
+    match &mut llm.tap {
+        ResponseTap::None => {}
+        ResponseTap::Sse(tap) => {
+            if let Some(chunk) = body.take() {
+                *body = Some(tap.on_chunk(chunk));
+            }
+            if llm.first_token_at.is_none() && tap.first_content_seen() {
+                llm.first_token_at = Some(Instant::now());
+            }
+            if end_of_stream {
+                let rest = tap.finish();
+                if !rest.is_empty() {
+                    *body = Some(concat(body.take(), rest));
+                }
+            }
+        }
+        ResponseTap::Json(tap) => {
+            if let Some(chunk) = body.as_ref() {
+                tap.feed(chunk);
+                if let Some(buf) = llm.payload_buf.as_mut() {
+                    let room = PAYLOAD_CAP.saturating_sub(buf.len());
+                    buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+            }
+        }
+        ResponseTap::Collect(buf) => {
+            if let Some(chunk) = body.take() {
+                buf.extend_from_slice(&chunk);
+            }
+            if end_of_stream {
+                let model = llm.model.clone().unwrap_or_default();
+                match vertex_ai::embeddings_from_predict(buf, &model) {
+                    Ok((out, tokens)) => {
+                        llm.usage = Some(Usage { prompt_tokens: tokens, completion_tokens: 0, total_tokens: tokens });
+                        *body = Some(out);
+                    }
+                    Err(m) => {
+                        log::warn!("route {}: {m}", ctx.route.as_ref().map(|r| r.id.as_str()).unwrap_or("-"));
+                        *body = Some(std::mem::take(buf).freeze());
+                    }
+                }
+            }
+        }
+    }
+    if end_of_stream {
+        let now = Instant::now();
+        ctx.upstream_done_at = Some(now);
+        if llm.first_token_at.is_none() {
+            llm.first_token_at = Some(now);
+        }
+        settle_usage(ctx);
+    }
+}
+
+/// Copy what the tap saw into the call record (also used when the client left mid-stream: the
+/// tokens already generated are still counted).
+pub fn settle_usage(ctx: &mut RequestCtx) {
+    let Some(llm) = ctx.llm.as_mut() else { return };
+    match &llm.tap {
+        ResponseTap::Sse(tap) => {
+            llm.usage = tap.usage().or(llm.usage);
+            if llm.response_model.is_none() {
+                llm.response_model = tap.model().map(str::to_string);
+            }
+            if llm.instance.logging.payloads {
+                llm.response_text = Some(tap.text().to_string());
+            }
+        }
+        ResponseTap::Json(tap) => {
+            llm.usage = tap.usage().or(llm.usage);
+            if llm.response_model.is_none() {
+                llm.response_model = tap.model().map(str::to_string);
+            }
+            if let Some(buf) = llm.payload_buf.take() {
+                llm.response_text = Some(answer_text(&buf));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The assistant's text of a chat completion (for payload logging).
+fn answer_text(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Resp {
+        #[serde(default)]
+        choices: Vec<Choice>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Choice {
+        #[serde(default)]
+        message: Option<Msg>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Msg {
+        #[serde(default)]
+        content: Option<String>,
+    }
+    serde_json::from_slice::<Resp>(body)
+        .ok()
+        .and_then(|r| r.choices.into_iter().next())
+        .and_then(|c| c.message)
+        .and_then(|m| m.content)
+        .unwrap_or_default()
+}
+
+fn concat(a: Option<Bytes>, b: Bytes) -> Bytes {
+    match a {
+        None => b,
+        Some(a) if a.is_empty() => b,
+        Some(a) => {
+            let mut m = BytesMut::with_capacity(a.len() + b.len());
+            m.extend_from_slice(&a);
+            m.extend_from_slice(&b);
+            m.freeze()
+        }
+    }
+}
