@@ -26,6 +26,9 @@ use crate::store::Store;
 use ctx::RequestCtx;
 use request::Verdict;
 
+/// How long an unread request body is drained after the gateway refused the request.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct Gateway {
     pub store: Arc<Store>,
     pub access_log: Arc<AccessLog>,
@@ -51,6 +54,13 @@ impl ProxyHttp for Gateway {
             Verdict::Proxy => Ok(false),
             Verdict::Responded => Ok(true),
             Verdict::Reject(err) => {
+                if !session.downstream_session.is_body_done() {
+                    // Refused before its body was read (413, wrong Content-Type): drain the body
+                    // instead of closing under a client that is still sending, which would reset
+                    // the connection and could lose the answer. The drain is time-bounded.
+                    session.downstream_session.set_close_on_response_before_downstream_finish(false);
+                    session.downstream_session.set_total_drain_timeout(Some(DRAIN_TIMEOUT));
+                }
                 errors::respond(session, &ctx.request_id, &err).await;
                 ctx.error = Some(err);
                 Ok(true)
