@@ -25,7 +25,20 @@ pub struct Prepared {
 /// Load and fully validate a config file. Nothing is opened or written.
 pub fn prepare(path: &str) -> Result<Prepared, ConfigError> {
     let loaded = config::load_file(path)?;
-    let redact = |e: ConfigError| ConfigError { message: config::env::redact(&e.message, &loaded.secrets), ..e };
+    // Any message below may quote a value that came from the environment (an API key put in the
+    // wrong field): redact them all in one place.
+    let secrets = loaded.secrets.clone();
+    let prepared = validate(loaded)
+        .map_err(|e| ConfigError { message: config::env::redact(&e.message, &secrets), ..e })?;
+    // Every credential the config holds is scrubbed from the error log from now on, whatever
+    // component (Pingora included) would print it.
+    let mut known = secrets;
+    known.extend(prepared.snapshot.credentials());
+    crate::observability::redact::set_secrets(known);
+    Ok(prepared)
+}
+
+fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
     let gw = &loaded.file.gateway;
     let listen_list = gw.listen.to_vec();
     if listen_list.is_empty() {
@@ -47,7 +60,7 @@ pub fn prepare(path: &str) -> Result<Prepared, ConfigError> {
                 .map_err(|_| ConfigError::new("gateway.admin.listen", format!("{l:?} is not an ip:port address")))?;
         }
     }
-    let snapshot = Snapshot::build(&loaded.file).map_err(redact)?;
+    let snapshot = Snapshot::build(&loaded.file)?;
     Ok(Prepared {
         server_conf: loaded.server,
         listen,

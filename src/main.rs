@@ -55,7 +55,14 @@ Examples:
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|buf, record| {
+            use std::io::Write;
+            let msg = record.args().to_string();
+            let msg = aigate::observability::redact::scrub(&msg);
+            writeln!(buf, "[{} {:<5} {}] {}", buf.timestamp(), record.level(), record.target(), msg)
+        })
+        .init();
 
     let prepared = match aigate::app::prepare(&cli.conf) {
         Ok(p) => p,

@@ -289,7 +289,7 @@ impl AccessLog {
         match tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                if self.dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+                if self.dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(10_000) {
                     log::warn!("access log queue full; dropping lines (disk too slow?)");
                 }
             }

@@ -48,6 +48,7 @@ pub struct LlmInstance {
     pub keepalive: bool,
     pub timeout: Duration,
     pub logging: LoggingConf,
+    credentials: Vec<String>,
 }
 
 impl std::fmt::Debug for LlmInstance {
@@ -101,7 +102,12 @@ impl LlmInstance {
             auth_headers.push((name, value));
         }
         let mut auth_query = String::new();
+        let mut credentials: Vec<String> = spec.auth.header.iter().flatten().map(|(_, v)| v.clone()).collect();
         for (k, v) in spec.auth.query.iter().flatten() {
+            credentials.push(v.clone());
+            let mut encoded = String::new();
+            encode_query_component(v, &mut encoded);
+            credentials.push(encoded);
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
                 return Err(err(&format!(".auth.query.{k}"), "invalid query parameter name".into()));
             }
@@ -150,7 +156,21 @@ impl LlmInstance {
             keepalive,
             timeout,
             logging: spec.logging.unwrap_or_default(),
+            credentials,
         })
+    }
+
+    /// The secret values this instance sends (for scrubbing logs): whole header values, the part
+    /// after a scheme like `Bearer `, and query values raw and encoded.
+    pub fn credentials(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in &self.credentials {
+            out.push(c.clone());
+            if let Some((_, token)) = c.split_once(' ') {
+                out.push(token.trim().to_string());
+            }
+        }
+        out
     }
 
     /// Where this request goes. Chat requests use the configured endpoint; embeddings on a default

@@ -31,6 +31,17 @@ pub struct Snapshot {
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE"];
 
 impl Snapshot {
+    /// Every credential value configured (auth headers and query parameters), for log scrubbing.
+    pub fn credentials(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.routes {
+            if let Some(p) = &r.plugins.ai_proxy {
+                out.extend(p.instance.credentials());
+            }
+        }
+        out
+    }
+
     pub fn empty() -> Snapshot {
         Snapshot { routes: Vec::new(), router: Router::new(Vec::new()).expect("empty router") }
     }
@@ -75,21 +86,24 @@ fn compile_route(
     index: usize,
 ) -> Result<(Route, RouteEntry), ConfigError> {
     let err = |f: &str, m: String| ConfigError::new(format!("{path}{f}"), m);
-    let uris: Vec<String> = match (&r.uri, &r.uris, &r.paths) {
-        (Some(u), None, None) => vec![u.clone()],
-        (None, Some(u), None) | (None, None, Some(u)) => u.clone(),
+    // Errors name the field the user wrote: `uri`, `uris[1]` or `paths[0]`.
+    let (uris, field): (Vec<String>, &str) = match (&r.uri, &r.uris, &r.paths) {
+        (Some(u), None, None) => (vec![u.clone()], "uri"),
+        (None, Some(u), None) => (u.clone(), "uris"),
+        (None, None, Some(u)) => (u.clone(), "paths"),
         (None, None, None) => return Err(err("", "one of uri, uris or paths is required".into())),
         _ => return Err(err("", "give only one of uri, uris and paths".into())),
     };
     if uris.is_empty() {
-        return Err(err(".uris", "must not be empty".into()));
+        return Err(err(&format!(".{field}"), "must not be empty".into()));
     }
     for (j, u) in uris.iter().enumerate() {
+        let at = if field == "uri" { ".uri".to_string() } else { format!(".{field}[{j}]") };
         if !u.starts_with('/') {
-            return Err(err(&format!(".uris[{j}]"), format!("{u:?} must start with '/'")));
+            return Err(err(&at, format!("{u:?} must start with '/'")));
         }
         if u.find('*').is_some_and(|p| p != u.len() - 1) {
-            return Err(err(&format!(".uris[{j}]"), format!("{u:?}: '*' is only allowed at the end")));
+            return Err(err(&at, format!("{u:?}: '*' is only allowed at the end")));
         }
     }
     let methods = match &r.methods {
