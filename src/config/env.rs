@@ -26,9 +26,9 @@ pub fn substitute(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Resul
         while let Some(pos) = rest.find('$') {
             out.push_str(&rest[..pos]);
             let tail = &rest[pos..];
-            if tail.starts_with("$${") {
+            if let Some(after) = tail.strip_prefix("$${") {
                 out.push_str("${");
-                rest = &tail[3..];
+                rest = after;
                 continue;
             }
             if !tail.starts_with("${") {

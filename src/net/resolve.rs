@@ -18,8 +18,10 @@ struct Entry {
     next: AtomicUsize,
 }
 
-fn cache() -> &'static RwLock<HashMap<(String, u16), Arc<Entry>>> {
-    static CACHE: OnceLock<RwLock<HashMap<(String, u16), Arc<Entry>>>> = OnceLock::new();
+type Cache = RwLock<HashMap<(String, u16), Arc<Entry>>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 

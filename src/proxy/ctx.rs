@@ -67,7 +67,9 @@ pub struct LlmCall {
     pub upstream_stream: bool,
     pub tap: ResponseTap,
     pub usage: Option<Usage>,
-    /// When the first answer byte (streaming) or the whole answer (otherwise) arrived.
+    /// When the current attempt was sent to the provider.
+    pub sent_at: Option<Instant>,
+    /// When the first content (streaming) or the whole answer (otherwise) arrived.
     pub first_token_at: Option<Instant>,
     pub attempts: u32,
     /// Answer text for `logging.payloads`.
@@ -99,6 +101,8 @@ pub struct RequestCtx {
     pub error: Option<GatewayError>,
     /// Status logged when the client went away before an answer (nginx's 499).
     pub client_gone: bool,
+    /// Read the rest of a refused body before the connection is closed (see `request_filter`).
+    pub drain_before_close: bool,
 }
 
 impl RequestCtx {
@@ -120,6 +124,7 @@ impl RequestCtx {
             upstream_done_at: None,
             error: None,
             client_gone: false,
+            drain_before_close: false,
         }
     }
 }

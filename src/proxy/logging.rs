@@ -38,7 +38,7 @@ impl LogView<'_> {
     fn ttft(&self) -> Option<Duration> {
         let llm = self.ctx.llm.as_ref()?;
         let t = llm.first_token_at?;
-        let from = self.ctx.upstream_started.unwrap_or(self.ctx.started);
+        let from = llm.sent_at.unwrap_or(self.ctx.started);
         Some(t.saturating_duration_since(from))
     }
 

@@ -54,12 +54,20 @@ impl ProxyHttp for Gateway {
             Verdict::Proxy => Ok(false),
             Verdict::Responded => Ok(true),
             Verdict::Reject(err) => {
-                if !session.downstream_session.is_body_done() {
-                    // Refused before its body was read (413, wrong Content-Type): drain the body
-                    // instead of closing under a client that is still sending, which would reset
-                    // the connection and could lose the answer. The drain is time-bounded.
-                    session.downstream_session.set_close_on_response_before_downstream_finish(false);
-                    session.downstream_session.set_total_drain_timeout(Some(DRAIN_TIMEOUT));
+                let ds = &mut session.downstream_session;
+                if !ds.is_body_done() {
+                    // Refused before its body was read (413, wrong Content-Type). Closing under a
+                    // client that is still sending would reset the connection and could lose the
+                    // answer, so the rest of the body is drained (time-bounded) first.
+                    ds.set_total_drain_timeout(Some(DRAIN_TIMEOUT));
+                    if ds.body_bytes_read() == 0 {
+                        // Untouched body: Pingora drains it on reuse and keeps the connection.
+                        ds.set_close_on_response_before_downstream_finish(false);
+                    } else {
+                        // Partly read (a chunked body over the limit): Pingora cannot reuse the
+                        // connection, and says `Connection: close`; drain before it closes.
+                        ctx.drain_before_close = true;
+                    }
                 }
                 errors::respond(session, &ctx.request_id, &err).await;
                 ctx.error = Some(err);
@@ -152,6 +160,9 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         replay::restore(session, &mut ctx.replay);
+        if ctx.drain_before_close {
+            let _ = session.downstream_session.drain_request_body().await;
+        }
         response::settle_usage(ctx);
         if self.access_log.enabled() {
             let view = logging::LogView { session, ctx, now: Instant::now() };

@@ -52,6 +52,8 @@ pub fn prepare_attempt(llm: &mut LlmCall) -> Result<(), GatewayError> {
     llm.usage_injected = rw.usage_injected;
     llm.target = Some(target);
     llm.attempts += 1;
+    llm.sent_at = Some(Instant::now());
+    llm.first_token_at = None;
     Ok(())
 }
 
@@ -201,7 +203,6 @@ pub async fn passthrough_call(session: &mut Session, ctx: &mut RequestCtx) -> Re
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.push((HeaderName::from_static("x-request-id"), v));
     }
-    let started = Instant::now();
     let resp = client::send(
         &target.endpoint,
         "POST",
@@ -217,7 +218,6 @@ pub async fn passthrough_call(session: &mut Session, ctx: &mut RequestCtx) -> Re
         ClientError::Connect(_) => GatewayError::bad_gateway("upstream_unreachable", "could not connect to the provider"),
         ClientError::Io(_) => GatewayError::bad_gateway("upstream_error", "invalid response from the provider"),
     })?;
-    let _ = started;
     llm.first_token_at = Some(Instant::now());
     let status = resp.status();
     let is_sse = resp

@@ -41,7 +41,7 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
         parsed = body.clone().and_then(|b| LlmRequest::parse(b).ok());
     }
     let found = {
-        let args = parsed.as_ref().map(|p| BodyArgs(p));
+        let args = parsed.as_ref().map(BodyArgs);
         snapshot.router.find(&view(session, args.as_ref().map(|a| a as &dyn PostArgs)))
     };
     let Some(idx) = found else { return Verdict::Reject(GatewayError::not_found()) };
@@ -106,6 +106,7 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
         upstream_stream: false,
         tap: ResponseTap::None,
         usage: None,
+        sent_at: None,
         first_token_at: None,
         attempts: 0,
         response_text: None,

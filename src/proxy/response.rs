@@ -8,7 +8,6 @@ use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
 
 use super::ctx::{RequestCtx, ResponseTap};
-use crate::llm::json_tap::JsonTap;
 use crate::llm::sse::{SseTap, SseTapOptions};
 use crate::llm::usage::Usage;
 use crate::providers::vertex_ai;
@@ -41,7 +40,7 @@ pub fn on_upstream_header(resp: &ResponseHeader, ctx: &mut RequestCtx) {
         if llm.instance.logging.payloads && ok {
             llm.payload_buf = Some(BytesMut::new());
         }
-        ResponseTap::Json(Box::new(JsonTap::new()))
+        ResponseTap::Json(Box::default())
     };
 }
 
