@@ -1,0 +1,437 @@
+//! `aigate -t`: the shipped config is valid as is; every mistake is reported with the path of the
+//! offending field (and never with a secret from the environment); `${VAR}` substitution;
+//! services' plugins under a route's own; `--help`.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+/// A valid config around one ai-proxy route whose `ai-proxy:` body is `plugin` (8 spaces of
+/// indent), so a case only spells out what it breaks.
+fn with_plugin(plugin: &str) -> String {
+    format!(
+        "gateway:\n  listen: 127.0.0.1:9080\nroutes:\n  - id: r1\n    uri: /v1/chat/completions\n    plugins:\n      ai-proxy:\n{plugin}"
+    )
+}
+
+const OPENAI: &str = "        provider: openai\n        auth: { header: { Authorization: \"Bearer k\" } }\n";
+
+fn with_route(route_fields: &str) -> String {
+    format!("gateway:\n  listen: 127.0.0.1:9080\nroutes:\n  - id: r1\n{route_fields}    plugins:\n      ai-proxy:\n{OPENAI}")
+}
+
+/// `-t` fails and names `path` as the field (`aigate: invalid config FILE: PATH: message`), and the
+/// message contains every one of `words`.
+#[track_caller]
+fn assert_rejected(config: &str, env: &[(&str, &str)], path: &str, words: &[&str]) -> String {
+    let (ok, out) = check_config(config, env);
+    assert!(!ok, "accepted, expected an error at {path}:\n{config}\n{out}");
+    assert!(out.contains(&format!(": {path}: ")), "the error does not name {path:?}:\n{out}\n--- config:\n{config}");
+    for w in words {
+        assert!(out.contains(w), "the error does not mention {w:?}:\n{out}");
+    }
+    assert!(!out.contains("panicked"), "{out}");
+    out
+}
+
+#[track_caller]
+fn assert_valid(config: &str, env: &[(&str, &str)]) {
+    let (ok, out) = check_config(config, env);
+    assert!(ok, "rejected:\n{config}\n{out}");
+    assert!(out.contains("is valid"), "{out}");
+}
+
+#[test]
+fn the_baseline_configs_used_below_are_valid() {
+    // Every error case below changes one thing in these.
+    assert_valid(&with_plugin(OPENAI), &[]);
+    assert_valid(&with_route("    uri: /v1/chat/completions\n"), &[]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The shipped config
+
+#[test]
+fn shipped_config_is_valid_with_no_environment_variables_set() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/config.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    // Clear every variable the file refers to, and the families it uses.
+    let referenced: Vec<String> = regex::Regex::new(r"\$\{([A-Za-z0-9_]+)")
+        .unwrap()
+        .captures_iter(&text)
+        .map(|c| c[1].to_string())
+        .collect();
+    assert!(referenced.iter().any(|v| v == "OPENAI_API_KEY"), "{referenced:?}");
+    let mut cmd = Command::new(AIGATE);
+    cmd.arg("-c").arg(path).arg("-t");
+    for v in &referenced {
+        cmd.env_remove(v);
+    }
+    for (k, _) in std::env::vars() {
+        if k == "OPENAI_API_KEY" || k.starts_with("AIGATE_") || k.starts_with("LOCAL_LLM_") {
+            cmd.env_remove(&k);
+        }
+    }
+    let out = cmd.output().unwrap();
+    let text_out = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text_out}");
+    assert!(text_out.contains("is valid"), "{text_out}");
+}
+
+#[test]
+fn exit_status_is_0_for_a_valid_config_and_1_for_an_invalid_one() {
+    let dir = std::env::temp_dir().join(format!("aigate-cc-{}-{}", std::process::id(), now_ms()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.yaml");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&good, with_plugin(OPENAI)).unwrap();
+    std::fs::write(&bad, with_plugin("        provider: openia\n        auth: {}\n")).unwrap();
+    let run = |p: &std::path::Path| Command::new(AIGATE).arg("-c").arg(p).arg("-t").output().unwrap();
+    let ok = run(&good);
+    assert_eq!(ok.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(out.contains("good.yaml") && out.contains("valid") && out.contains("1 route"), "{out}");
+    let err = run(&bad);
+    assert_eq!(err.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&err.stderr);
+    assert!(msg.contains("bad.yaml") && msg.contains("routes[0].plugins.ai-proxy.provider"), "on stderr: {msg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Every mistake names its field
+
+#[test]
+fn unknown_route_field() {
+    assert_rejected(&with_route("    uri: /x\n    bogus: 1\n"), &[], "routes[0].bogus", &["bogus"]);
+}
+
+#[test]
+fn unknown_plugin() {
+    let cfg = "routes:\n  - id: r1\n    uri: /x\n    plugins:\n      ai-proxi: {}\n";
+    assert_rejected(cfg, &[], "routes[0].plugins.ai-proxi", &["ai-proxi"]);
+}
+
+#[test]
+fn bad_provider() {
+    let cfg = with_plugin("        provider: openia\n        auth: { header: { Authorization: \"Bearer k\" } }\n");
+    assert_rejected(&cfg, &[], "routes[0].plugins.ai-proxy.provider", &["openia", "openai-compatible"]);
+}
+
+#[test]
+fn missing_provider_and_missing_auth() {
+    assert_rejected(&with_plugin("        provider: openai\n"), &[], "routes[0].plugins.ai-proxy", &["auth"]);
+    let cfg = with_plugin("        auth: { header: { Authorization: \"Bearer k\" } }\n");
+    assert_rejected(&cfg, &[], "routes[0].plugins.ai-proxy.provider", &["required"]);
+}
+
+#[test]
+fn invalid_override_endpoint() {
+    for bad in ["api.example.com/v1/chat", "ftp://example.com/x", "http://", "http://host:99999/x", "http://a b/x"] {
+        let cfg = format!("{OPENAI}        override: {{ endpoint: \"{bad}\" }}\n");
+        assert_rejected(&with_plugin(&cfg), &[], "routes[0].plugins.ai-proxy.override.endpoint", &["invalid endpoint"]);
+    }
+}
+
+#[test]
+fn providers_without_a_default_endpoint_need_override_endpoint() {
+    for provider in ["openai-compatible", "azure-openai"] {
+        let cfg = format!("        provider: {provider}\n        auth: {{ header: {{ api-key: k }} }}\n");
+        let out = assert_rejected(&with_plugin(&cfg), &[], "routes[0].plugins.ai-proxy.override.endpoint", &["required"]);
+        assert!(out.contains(provider), "{out}");
+        // ...and with one it is fine.
+        let ok = format!("{cfg}        override: {{ endpoint: \"https://x.example/v1/chat/completions\" }}\n");
+        assert_valid(&with_plugin(&ok), &[]);
+    }
+}
+
+#[test]
+fn vertex_ai_needs_provider_conf_or_an_endpoint() {
+    let base = "        provider: vertex-ai\n        auth: { header: { Authorization: \"Bearer k\" } }\n";
+    let out = assert_rejected(&with_plugin(base), &[], "routes[0].plugins.ai-proxy.provider_conf", &["override.endpoint"]);
+    assert!(out.contains("project_id") && out.contains("region"), "{out}");
+    let half = format!("{base}        provider_conf: {{ project_id: p }}\n");
+    assert_rejected(&with_plugin(&half), &[], "routes[0].plugins.ai-proxy.provider_conf", &["region"]);
+    assert_valid(&with_plugin(&format!("{base}        provider_conf: {{ project_id: p, region: us-central1 }}\n")), &[]);
+    assert_valid(&with_plugin(&format!("{base}        override: {{ endpoint: \"https://v.example/chat/completions\" }}\n")), &[]);
+}
+
+#[test]
+fn bad_auth_header_name() {
+    let cfg = with_plugin("        provider: openai\n        auth: { header: { \"Bad Header\": \"Bearer k\" } }\n");
+    assert_rejected(&cfg, &[], "routes[0].plugins.ai-proxy.auth.header.Bad Header", &["header name"]);
+}
+
+#[test]
+fn zero_timeout() {
+    assert_rejected(&with_plugin(&format!("{OPENAI}        timeout: 0\n")), &[], "routes[0].plugins.ai-proxy.timeout", &["at least 1"]);
+    assert_rejected(&with_plugin(&format!("{OPENAI}        timeout: -5\n")), &[], "routes[0].plugins.ai-proxy.timeout", &[]);
+}
+
+#[test]
+fn duplicate_route_id() {
+    let cfg = format!(
+        "routes:\n  - id: same\n    uri: /a\n    plugins:\n      ai-proxy:\n{OPENAI}  - id: other\n    uri: /b\n    plugins:\n      ai-proxy:\n{OPENAI}  - id: same\n    uri: /c\n    plugins:\n      ai-proxy:\n{OPENAI}"
+    );
+    assert_rejected(&cfg, &[], "routes[2].id", &["duplicate", "same"]);
+}
+
+#[test]
+fn unknown_service_id() {
+    let cfg = format!("{}services:\n  - id: s1\n    plugins:\n      ai-proxy:\n{OPENAI}", with_route("    uri: /x\n    service_id: s2\n"));
+    assert_rejected(&cfg, &[], "routes[0].service_id", &["s2", "does not exist"]);
+}
+
+#[test]
+fn bad_vars() {
+    let unknown_var = with_route("    uri: /x\n    vars: [[\"bogus_var\", \"==\", \"1\"]]\n");
+    assert_rejected(&unknown_var, &[], "routes[0].vars", &["unknown variable", "bogus_var"]);
+    let unknown_op = with_route("    uri: /x\n    vars: [[\"arg_model\", \"===\", \"1\"]]\n");
+    assert_rejected(&unknown_op, &[], "routes[0].vars", &["unknown operator", "==="]);
+    let not_wrapped = with_route("    uri: /x\n    vars: [\"arg_model\", \"==\", \"1\"]\n");
+    assert_rejected(&not_wrapped, &[], "routes[0].vars", &[]);
+}
+
+#[test]
+fn uri_without_leading_slash() {
+    assert_rejected(&with_route("    uris: [/ok, v1/chat]\n"), &[], "routes[0].uris[1]", &["v1/chat", "must start with '/'"]);
+}
+
+/// A route gives its paths as `uri`, `uris` or `paths`; the error names the one the user wrote.
+#[test]
+fn uri_and_paths_errors_name_the_field_the_user_wrote() {
+    let mut wrong = Vec::new();
+    for (fields, path) in [
+        ("    uri: v1/chat\n", "routes[0].uri"),
+        ("    uri: \"/v1/*/chat\"\n", "routes[0].uri"),
+        ("    paths: [/ok, v1/chat]\n", "routes[0].paths[1]"),
+    ] {
+        let (ok, out) = check_config(&with_route(fields), &[]);
+        assert!(!ok, "{fields}: {out}");
+        if !out.contains(&format!(": {path}: ")) {
+            wrong.push(format!("{} -> expected {path}, got: {}", fields.trim(), out.trim()));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn star_not_at_the_end() {
+    let out = assert_rejected(&with_route("    uris: [/a, \"/v1/*/chat\"]\n"), &[], "routes[0].uris[1]", &["/v1/*/chat"]);
+    assert!(out.contains("end"), "{out}");
+    assert_valid(&with_route("    uri: \"/v1/*\"\n"), &[]);
+}
+
+#[test]
+fn bad_method() {
+    assert_rejected(&with_route("    uri: /x\n    methods: [POST, FETCH]\n"), &[], "routes[0].methods[1]", &["FETCH"]);
+}
+
+#[test]
+fn route_without_uri() {
+    assert_rejected(&with_route(""), &[], "routes[0]", &["uri"]);
+}
+
+#[test]
+fn unknown_server_key() {
+    let cfg = format!("server:\n  threads: 2\n  grace_period_second: 3\n{}", with_plugin(OPENAI));
+    assert_rejected(&cfg, &[], "server.grace_period_second", &["unknown"]);
+    let cfg = format!("server:\n  threads: 0\n{}", with_plugin(OPENAI));
+    assert_rejected(&cfg, &[], "server.threads", &[]);
+}
+
+#[test]
+fn unknown_gateway_key() {
+    let cfg = with_plugin(OPENAI).replace("  listen: 127.0.0.1:9080\n", "  listen: 127.0.0.1:9080\n  max_body_sise: 10\n");
+    assert_rejected(&cfg, &[], "gateway.max_body_sise", &["max_body_sise"]);
+    let cfg = with_plugin(OPENAI).replace("  listen: 127.0.0.1:9080\n", "  listen: 127.0.0.1:9080\n  access_log: { paht: x }\n");
+    assert_rejected(&cfg, &[], "gateway.access_log.paht", &[]);
+}
+
+#[test]
+fn bad_gateway_listen() {
+    for bad in ["localhost", "9080", "0.0.0.0:99999", "127.0.0.1"] {
+        let cfg = with_plugin(OPENAI).replace("listen: 127.0.0.1:9080", &format!("listen: \"{bad}\""));
+        assert_rejected(&cfg, &[], "gateway.listen", &[bad, "ip:port"]);
+    }
+    let cfg = with_plugin(OPENAI).replace("listen: 127.0.0.1:9080", "listen: [127.0.0.1:9080, \"nope\"]");
+    assert_rejected(&cfg, &[], "gateway.listen[1]", &["nope"]);
+    let cfg = with_plugin(OPENAI).replace("listen: 127.0.0.1:9080", "listen: [127.0.0.1:9080, \"[::1]:9081\"]");
+    assert_valid(&cfg, &[]);
+}
+
+#[test]
+fn passthrough_without_upstream() {
+    let cfg = with_plugin(&format!("{OPENAI}        passthrough: true\n"));
+    assert_rejected(&cfg, &[], "routes[0].upstream", &["passthrough"]);
+    let with_up = cfg.replace("    plugins:\n", "    upstream: { nodes: { \"127.0.0.1:8080\": 1 } }\n    plugins:\n");
+    assert_valid(&with_up, &[]);
+}
+
+#[test]
+fn unknown_upstream_type() {
+    let cfg = "routes:\n  - id: r1\n    uri: /x\n    upstream:\n      type: chash\n      nodes: { \"127.0.0.1:8080\": 1 }\n";
+    assert_rejected(cfg, &[], "routes[0].upstream.type", &["chash", "roundrobin"]);
+    assert_valid(&cfg.replace("chash", "roundrobin"), &[]);
+}
+
+#[test]
+fn route_with_nothing_to_proxy_to() {
+    assert_rejected("routes:\n  - id: r1\n    uri: /x\n", &[], "routes[0]", &["upstream"]);
+}
+
+#[test]
+fn unset_variable_without_default_names_the_variable() {
+    let cfg = with_plugin("        provider: openai\n        auth: { header: { Authorization: \"Bearer ${AIGATE_CC_TEST_UNSET_KEY}\" } }\n");
+    let (ok, out) = check_config(&cfg, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("AIGATE_CC_TEST_UNSET_KEY") && out.contains("not set"), "{out}");
+    assert!(out.contains("line 9"), "the line of the reference: {out}");
+    // Set, it is fine.
+    assert_valid(&cfg, &[("AIGATE_CC_TEST_UNSET_KEY", "sk-1")]);
+    // In a comment it is not a reference at all.
+    assert_valid(&format!("# export ${{AIGATE_CC_TEST_UNSET_KEY}} first\n{}", with_plugin(OPENAI)), &[]);
+}
+
+#[test]
+fn default_is_used_when_the_variable_is_unset() {
+    // The default is observable: 0 is an invalid timeout, 5000 a valid one.
+    let cfg = with_plugin(&format!("{OPENAI}        timeout: ${{AIGATE_CC_TEST_TIMEOUT:-0}}\n"));
+    assert_rejected(&cfg, &[], "routes[0].plugins.ai-proxy.timeout", &[]);
+    assert_valid(&cfg, &[("AIGATE_CC_TEST_TIMEOUT", "5000")]);
+    let cfg = with_plugin(&format!("{OPENAI}        timeout: ${{AIGATE_CC_TEST_TIMEOUT:-5000}}\n"));
+    assert_valid(&cfg, &[]);
+    assert_rejected(&cfg, &[("AIGATE_CC_TEST_TIMEOUT", "0")], "routes[0].plugins.ai-proxy.timeout", &[]);
+    // An empty default is allowed (the shipped config's admin key).
+    let cfg = with_plugin(OPENAI).replace("  listen: 127.0.0.1:9080\n", "  listen: 127.0.0.1:9080\n  admin: { key: \"${AIGATE_CC_TEST_ADMIN:-}\" }\n");
+    assert_valid(&cfg, &[]);
+}
+
+#[test]
+fn a_secret_from_the_environment_in_a_wrong_field_is_not_echoed() {
+    const SECRET: &str = "sk-SECRET-cc-0123456789abcdef";
+    let env = [("CC_SECRET", SECRET)];
+    let cases = [
+        // serde type errors
+        (with_plugin(&format!("{OPENAI}        timeout: ${{CC_SECRET}}\n")), "routes[0].plugins.ai-proxy.timeout"),
+        (with_route("    uri: /x\n    priority: ${CC_SECRET}\n"), "routes[0].priority"),
+        (format!("server:\n  threads: ${{CC_SECRET}}\n{}", with_plugin(OPENAI)), "server.threads"),
+        (with_plugin("        provider: ${CC_SECRET}\n        auth: {}\n"), "routes[0].plugins.ai-proxy.provider"),
+        // semantic errors
+        (with_plugin(&format!("{OPENAI}        override: {{ endpoint: \"${{CC_SECRET}}\" }}\n")), "routes[0].plugins.ai-proxy.override.endpoint"),
+        (with_route("    uri: \"${CC_SECRET}\"\n"), "routes[0].uri"),
+        (with_route("    uri: /x\n    methods: [\"${CC_SECRET}\"]\n"), "routes[0].methods[0]"),
+        (with_plugin(OPENAI).replace("listen: 127.0.0.1:9080", "listen: \"${CC_SECRET}\""), "gateway.listen"),
+        (with_plugin(OPENAI).replace("  listen: 127.0.0.1:9080\n", "  listen: 127.0.0.1:9080\n  admin: { listen: \"${CC_SECRET}\" }\n"), "gateway.admin.listen"),
+    ];
+    let mut leaks = Vec::new();
+    for (cfg, path) in &cases {
+        let (ok, out) = check_config(cfg, &env);
+        assert!(!ok, "{out}");
+        assert!(out.contains(path.split('[').next().unwrap()), "{path}: {out}");
+        if out.contains(SECRET) || out.contains(&SECRET[8..]) {
+            leaks.push(format!("{path}: {}", out.trim()));
+        }
+    }
+    assert!(leaks.is_empty(), "the secret is echoed by -t:\n{}", leaks.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Services
+
+#[test]
+fn service_plugins_apply_to_routes_and_the_routes_own_plugin_wins() {
+    let svc_mock = Mock::start("service-llm");
+    let route_mock = Mock::start("route-llm");
+    let plugin = |mock: &Mock, model: &str| {
+        format!(
+            "      ai-proxy:\n        provider: openai-compatible\n        auth: {{ header: {{ Authorization: \"Bearer k\" }} }}\n        options: {{ model: {model} }}\n        override: {{ endpoint: \"{}\" }}\n",
+            mock.chat_url()
+        )
+    };
+    let resources = format!(
+        "services:\n  - id: svc\n    plugins:\n{}  - id: 7\n    plugins:\n{}\
+         routes:\n  - id: inherits\n    uri: /inherits\n    service_id: svc\n\
+         \x20 - id: overrides\n    uri: /overrides\n    service_id: svc\n    plugins:\n{}\
+         \x20 - id: numeric\n    uri: /numeric\n    service_id: 7\n",
+        plugin(&svc_mock, "service-model"),
+        plugin(&route_mock, "seven-model"),
+        plugin(&route_mock, "route-model"),
+    );
+    let (ok, out) = check_config(&config_text(9, &std::env::temp_dir(), &resources, &GatewayOpts::default()), &[]);
+    assert!(ok, "{out}\n{resources}");
+    let gw = Gateway::start(&resources);
+
+    let r = gw.chat("/inherits", &chat_body("hi"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-mock-name"), Some("service-llm"), "the service's ai-proxy answered");
+    assert_eq!(r.json()["model"], "service-model");
+
+    let r = gw.chat("/overrides", &chat_body("hi"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-mock-name"), Some("route-llm"), "the route's own ai-proxy wins");
+    assert_eq!(r.json()["model"], "route-model");
+
+    let r = gw.chat("/numeric", &chat_body("hi"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["model"], "seven-model");
+
+    assert_eq!(svc_mock.llm_requests().len(), 1);
+    assert_eq!(route_mock.llm_requests().len(), 2);
+    let lines = gw.log_lines(3);
+    assert!(lines.iter().any(|l| l.contains(" inherits ai_chat ")), "{lines:?}");
+}
+
+#[test]
+fn a_service_upstream_serves_a_plain_route() {
+    let mock = Mock::start("svc-up");
+    let resources = format!(
+        "services:\n  - id: s\n    upstream:\n      nodes:\n        \"127.0.0.1:{}\": 1\nroutes:\n  - id: plain\n    uri: /anything/*\n    service_id: s\n",
+        mock.port
+    );
+    let gw = Gateway::start(&resources);
+    let r = request(gw.port, "GET", "/anything/via-service", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["url"], "/anything/via-service");
+    assert_eq!(r.header("x-mock-name"), Some("svc-up"));
+}
+
+#[test]
+fn errors_in_a_service_plugin_name_the_service() {
+    let cfg = "services:\n  - id: s\n    plugins:\n      ai-proxy:\n        provider: openai-compatible\n        auth: {}\nroutes:\n  - id: r\n    uri: /x\n    service_id: s\n";
+    assert_rejected(cfg, &[], "services[0].plugins.ai-proxy.override.endpoint", &[]);
+    let cfg = format!("services:\n  - id: s\n    plugins:\n      ai-proxy:\n{OPENAI}  - id: s\n    plugins:\n      ai-proxy:\n{OPENAI}");
+    assert_rejected(&cfg, &[], "services[1].id", &["duplicate"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The command line
+
+#[test]
+fn help_lists_the_options_and_the_config_sections() {
+    let out = Command::new(AIGATE).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for w in ["-c, --conf", "-t, --test", "-d, --daemon", "-u, --upgrade", "server:", "gateway:", "routes:", "services:", "access_log", "${VAR}", "SIGTERM"] {
+        assert!(help.contains(w), "--help does not mention {w:?}:\n{help}");
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_a_clear_error() {
+    let path = std::env::temp_dir().join(format!("aigate-no-such-config-{}.yaml", now_ms()));
+    let out = Command::new(AIGATE).arg("-c").arg(&path).arg("-t").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("cannot read") && msg.to_lowercase().contains("no such file"), "{msg}");
+    assert!(!msg.contains("panicked"), "{msg}");
+}
+
+#[test]
+fn a_file_that_is_not_yaml_is_a_clear_error() {
+    let (ok, out) = check_config("routes: [\n  - id: r1\n", &[]);
+    assert!(!ok && out.contains("invalid config"), "{out}");
+    let (ok, out) = check_config("routes: 5\n", &[]);
+    assert!(!ok && out.contains("routes"), "{out}");
+}

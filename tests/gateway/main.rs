@@ -1,0 +1,16 @@
+//! Integration tests: the real `aigate` binary against the real `aigate-mock` over TCP.
+//! One test binary (one link) for everything; each test starts its own gateway and mocks on free
+//! ports, so tests run in parallel.
+
+mod harness;
+
+mod access_log;
+mod ai_proxy;
+mod bodies;
+mod config_check;
+mod errors;
+mod passthrough;
+mod providers;
+mod readme_examples;
+mod routing;
+mod streaming;

@@ -1,0 +1,111 @@
+//! The README's seed examples, replayed against `conf/examples/seeds.yaml` and the mock, so the
+//! documentation stays true.
+
+use serde_json::json;
+
+use crate::harness::*;
+
+const SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/examples/seeds.yaml");
+
+fn start() -> (Mock, Gateway) {
+    let mock = Mock::start("mock");
+    let gw = Gateway::start_file(SEEDS, &[("MOCK_ADDR", format!("127.0.0.1:{}", mock.port))]);
+    (mock, gw)
+}
+
+fn sent_body(mock: &Mock) -> serde_json::Value {
+    serde_json::from_str(mock.last()["body"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn seed_000_openai_route() {
+    let (mock, gw) = start();
+    let r = gw.chat(
+        "/openai",
+        &json!({"messages": [
+            { "role": "system", "content": "You are a computer scientist." },
+            { "role": "user", "content": "Explain in one sentence what a Turing machine is." }
+        ]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "gpt-4o");
+    assert_eq!(v["usage"], json!({"prompt_tokens": 14, "completion_tokens": 3, "total_tokens": 17}));
+    assert_eq!(mock.last()["headers"]["authorization"], "Bearer sk-proj-demo");
+}
+
+#[test]
+fn seed_001_older_schema_and_azure() {
+    let (mock, gw) = start();
+    let body = json!({"messages": [
+        { "role": "system", "content": "You are a mathematician" },
+        { "role": "user", "content": "What is 1+1?" }
+    ]});
+    let r = gw.chat_with("/anything-llm", &[("Host", "api.openai.com:443")], &body);
+    assert_eq!(r.json()["model"], "gpt-4");
+    let sent = sent_body(&mock);
+    assert_eq!((sent["max_tokens"].clone(), sent["temperature"].clone()), (json!(512), json!(1.0)));
+
+    let r = gw.chat(
+        "/azure",
+        &json!({"messages": [{"role": "user", "content": "Write me a 50-word introduction for Apache APISIX."}],
+                "max_tokens": 800, "temperature": 0.7, "stop": null}),
+    );
+    assert_eq!(r.status, 200);
+    let last = mock.last();
+    assert_eq!(last["path"], "/openai/deployments/gpt-4/chat/completions?api-version=2024-02-15-preview");
+    assert_eq!(last["headers"]["api-key"], "57cha9ee8e8a89a12c0aha174f180f4");
+    let sent = sent_body(&mock);
+    assert_eq!((sent["max_tokens"].clone(), sent["temperature"].clone()), (json!(512), json!(1.0)));
+}
+
+#[test]
+fn seed_001_passthrough() {
+    let (_mock, gw) = start();
+    let r = gw.chat_with(
+        "/anything",
+        &[("Host", "api.openai.com:443")],
+        &json!({"messages": [
+            { "role": "system", "content": "You are a mathematician" },
+            { "role": "user", "content": "What is 1+1?" }
+        ]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["url"], "/anything");
+    assert_eq!(v["json"]["object"], "chat.completion");
+    assert_eq!(v["json"]["model"], "gpt-4");
+    assert_eq!(v["headers"]["host"], "api.openai.com:443");
+}
+
+#[test]
+fn seed_002_openai_compatible() {
+    let (_mock, gw) = start();
+    let body = json!({"messages": [{ "role": "user", "content": "Hello, how are you?" }]});
+    assert_eq!(gw.chat("/custom-llm", &body).json()["model"], "your-model-name");
+    assert_eq!(gw.chat("/vllm", &body).json()["model"], "meta-llama/Llama-3.1-8B-Instruct");
+}
+
+#[test]
+fn seed_004_vars_routing_services_embeddings_and_streaming() {
+    let (mock, gw) = start();
+    let ask = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "What is 1+1?"}]});
+    assert_eq!(gw.chat("/v1/chat/completions", &ask("deepseek-chat")).json()["model"], "deepseek-chat");
+    assert_eq!(mock.last()["path"], "/chat/completions");
+    assert_eq!(gw.chat("/v1/chat/completions", &ask("gpt-4")).json()["model"], "gpt-4");
+    assert_eq!(sent_body(&mock)["max_tokens"], 1024);
+    gw.chat("/v1/chat/completions", &ask("llama")).openai_error(404);
+
+    let r = gw.chat("/v1/embeddings", &json!({"input": "hello world"}));
+    let v = r.json();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["model"], "text-embedding-3-small");
+    assert_eq!(v["usage"], json!({"prompt_tokens": 2, "total_tokens": 2}));
+
+    let mut streaming = ask("gpt-4");
+    streaming["stream"] = json!(true);
+    let r = gw.chat("/v1/chat/completions", &streaming);
+    assert_eq!(r.sse_data().last().map(String::as_str), Some("[DONE]"));
+}
