@@ -917,27 +917,7 @@ mod tests {
         capture_text: true,
     };
 
-    /// Tiny deterministic PRNG (xorshift64*) so property tests are reproducible without `rand`.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
-    fn u(p: u64, c: u64, t: u64) -> Option<Usage> {
-        Some(Usage {
-            prompt_tokens: p,
-            completion_tokens: c,
-            total_tokens: t,
-        })
-    }
+    use crate::llm::test_util::{u, Rng};
 
     /// Feed `chunks` then finish; returns everything forwarded and the tap.
     fn run(opts: SseTapOptions, chunks: &[&[u8]]) -> (Vec<u8>, SseTap) {

@@ -150,17 +150,38 @@ impl Gateway {
     }
 
     pub fn start_with(resources: &str, opts: GatewayOpts) -> Gateway {
+        Self::launch(|dir, port, cmd| {
+            std::fs::write(dir.join("config.yaml"), config_text(port, dir, resources, &opts)).unwrap();
+            cmd.arg("-c").arg(dir.join("config.yaml"));
+            for (k, v) in &opts.env {
+                cmd.env(k, v);
+            }
+        })
+    }
+
+    /// Start from an existing config file whose listen address and access log come from the env
+    /// variables `AIGATE_LISTEN` and `AIGATE_ACCESS_LOG` (like `conf/examples/seeds.yaml`).
+    pub fn start_file(path: &str, env: &[(&str, String)]) -> Gateway {
+        Self::launch(|dir, port, cmd| {
+            cmd.arg("-c").arg(path);
+            cmd.env("AIGATE_LISTEN", format!("127.0.0.1:{port}"));
+            cmd.env("AIGATE_ACCESS_LOG", dir.join("access.log"));
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+        })
+    }
+
+    /// Spawn aigate on a free port (set up by `prepare`) and wait until it listens. A parallel test
+    /// can take the port between picking and binding it, so a failed start is retried.
+    fn launch(prepare: impl Fn(&std::path::Path, u16, &mut Command)) -> Gateway {
         let mut last_err = String::new();
         for _ in 0..3 {
             let dir = scratch_dir();
             let port = free_port();
-            std::fs::write(dir.join("config.yaml"), config_text(port, &dir, resources, &opts)).unwrap();
             let mut cmd = Command::new(AIGATE);
-            cmd.arg("-c").arg(dir.join("config.yaml"));
             cmd.env("RUST_LOG", "warn");
-            for (k, v) in &opts.env {
-                cmd.env(k, v);
-            }
+            prepare(&dir, port, &mut cmd);
             let mut child = cmd
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.join("error.log")).unwrap())
@@ -173,7 +194,7 @@ impl Gateway {
                 }
                 if let Ok(Some(_)) = child.try_wait() {
                     last_err = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-                    break; // port taken by a parallel test, or a bad config: retry / report
+                    break;
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -183,39 +204,6 @@ impl Gateway {
             }
         }
         panic!("aigate failed to start: {last_err}");
-    }
-
-    /// Start from an existing config file whose listen address and access log come from the env
-    /// variables `AIGATE_LISTEN` and `AIGATE_ACCESS_LOG` (like `conf/examples/seeds.yaml`).
-    pub fn start_file(path: &str, env: &[(&str, String)]) -> Gateway {
-        for _ in 0..3 {
-            let dir = scratch_dir();
-            let port = free_port();
-            let mut cmd = Command::new(AIGATE);
-            cmd.arg("-c").arg(path).env("RUST_LOG", "warn");
-            cmd.env("AIGATE_LISTEN", format!("127.0.0.1:{port}"));
-            cmd.env("AIGATE_ACCESS_LOG", dir.join("access.log"));
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-            let mut child = cmd
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join("error.log")).unwrap())
-                .spawn()
-                .expect("start aigate");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Gateway { port, dir, child };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "aigate did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("aigate failed to start with {path}");
     }
 
     pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
