@@ -31,10 +31,9 @@ pub fn prepare(path: &str) -> Result<Prepared, ConfigError> {
     let prepared = validate(loaded)
         .map_err(|e| ConfigError { message: config::env::redact(&e.message, &secrets), ..e })?;
     // Every credential the config holds is scrubbed from the error log from now on, whatever
-    // component (Pingora included) would print it.
-    let mut known = secrets;
-    known.extend(prepared.snapshot.credentials());
-    crate::observability::redact::set_secrets(known);
+    // component (Pingora included) would print it. (Only credentials: other env values, such as a
+    // listen address, are redacted from config errors but are useful in the error log.)
+    crate::observability::redact::set_secrets(prepared.snapshot.credentials());
     Ok(prepared)
 }
 

@@ -8,8 +8,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -316,8 +316,12 @@ fn open_append(path: &str) -> Result<File, String> {
 }
 
 /// Runs the writer thread. A Pingora background service, so it starts after daemonizing (threads
-/// made before the fork would be lost) and flushes on shutdown.
+/// made before the fork would be lost) and flushes what is queued on shutdown.
 pub struct AccessLogService(pub Arc<AccessLog>);
+
+/// The writer wakes on a timer rather than per line: a sender never has to wake a parked thread
+/// (a futex call and a context switch on every request), and each wake writes a whole batch.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 
 #[async_trait]
 impl BackgroundService for AccessLogService {
@@ -328,16 +332,20 @@ impl BackgroundService for AccessLogService {
             Some(Target::File(p)) => Some(p.clone()),
             None => return,
         };
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_writer = stop.clone();
         let writer = std::thread::Builder::new()
             .name("aigate-access-log".into())
-            .spawn(move || write_loop(rx, target))
-            .ok();
+            .spawn(move || write_loop(rx, target, &stop_writer));
         let _ = shutdown.changed().await;
-        drop(writer);
+        stop.store(true, Ordering::Release);
+        if let Ok(handle) = writer {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
     }
 }
 
-fn write_loop(rx: Receiver<String>, path: Option<String>) {
+fn write_loop(rx: Receiver<String>, path: Option<String>, stop: &AtomicBool) {
     let mut out: Box<dyn Write> = match &path {
         None => Box::new(BufWriter::new(std::io::stdout())),
         Some(p) => match open_append(p) {
@@ -349,21 +357,29 @@ fn write_loop(rx: Receiver<String>, path: Option<String>) {
         },
     };
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                let _ = out.write_all(line.as_bytes());
-                // Drain what is queued, then flush once: one syscall per burst, not per line.
-                while let Ok(line) = rx.try_recv() {
+        // Read the flag before draining, so lines queued before a stop are still written.
+        let stopping = stop.load(Ordering::Acquire);
+        let mut wrote = false;
+        loop {
+            match rx.try_recv() {
+                Ok(line) => {
                     let _ = out.write_all(line.as_bytes());
+                    wrote = true;
                 }
-                let _ = out.flush();
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = out.flush();
-                return;
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = out.flush();
+                    return;
+                }
             }
         }
+        if wrote {
+            let _ = out.flush();
+        }
+        if stopping {
+            return;
+        }
+        std::thread::sleep(FLUSH_INTERVAL);
     }
 }
 

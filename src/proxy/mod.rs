@@ -170,6 +170,17 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        // A client that hangs up is not a gateway error: the access log records it as 499.
+        e.esource() == &pingora_error::ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                pingora_error::ErrorType::ConnectionClosed
+                    | pingora_error::ErrorType::ReadError
+                    | pingora_error::ErrorType::WriteError
+            )
+    }
+
     fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
         // Pingora puts this in its error log; the query can carry a credential, so it is left out.
         let req = session.req_header();
