@@ -154,6 +154,12 @@ impl SseTap {
 
     /// A data event with a non-empty `choices` array (which covers every event carrying delta
     /// content, and also role-only and tool-call deltas) was seen: the first token has arrived.
+    /// Data events that carried non-empty `delta.content`: about one token each, which is how
+    /// completion tokens are estimated when a stream ends before the provider's usage arrives.
+    pub fn content_events(&self) -> u64 {
+        self.ev.content_events
+    }
+
     pub fn first_content_seen(&self) -> bool {
         self.ev.first_content
     }
@@ -463,6 +469,7 @@ struct Events {
     text: String,
     saw_done: bool,
     data_events: u64,
+    content_events: u64,
     first_content: bool,
 }
 
@@ -479,6 +486,7 @@ impl Events {
             text: String::new(),
             saw_done: false,
             data_events: 0,
+            content_events: 0,
             first_content: false,
         }
     }
@@ -601,6 +609,9 @@ impl Events {
             if let Some(m) = info.model.filter(|m| !m.is_empty()) {
                 self.model = Some(m.into_owned());
             }
+        }
+        if content {
+            self.content_events += 1;
         }
         if content || info.choices.is_some_and(|n| n > 0) {
             self.first_content = true;
@@ -1012,6 +1023,7 @@ mod tests {
         // role, 3 content, event:message, multi-line, malformed, choices[]+null, 3 usage-only
         assert_eq!(tap.data_events(), 11);
         assert!(tap.first_content_seen());
+        assert!(tap.content_events() > 0 && tap.content_events() <= 11);
     }
 
     // ---- zero copy / holding ------------------------------------------------------------

@@ -67,6 +67,8 @@ pub struct LlmCall {
     pub upstream_stream: bool,
     pub tap: ResponseTap,
     pub usage: Option<Usage>,
+    /// `usage` is the gateway's estimate, not the provider's count.
+    pub usage_estimated: bool,
     /// When the current attempt was sent to the provider.
     pub sent_at: Option<Instant>,
     /// When the first content (streaming) or the whole answer (otherwise) arrived.

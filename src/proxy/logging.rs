@@ -217,6 +217,7 @@ impl LogSource for LogView<'_> {
                     "prompt_tokens": u.prompt_tokens,
                     "completion_tokens": u.completion_tokens,
                     "total_tokens": u.total_tokens,
+                    "usage_estimated": l.usage_estimated,
                     "status": self.status(),
                 });
                 out.push_str(&v.to_string());

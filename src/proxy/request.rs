@@ -106,6 +106,7 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
         upstream_stream: false,
         tap: ResponseTap::None,
         usage: None,
+        usage_estimated: false,
         sent_at: None,
         first_token_at: None,
         attempts: 0,

@@ -131,6 +131,15 @@ pub fn settle_usage(ctx: &mut RequestCtx) {
     match &llm.tap {
         ResponseTap::Sse(tap) => {
             llm.usage = tap.usage().or(llm.usage);
+            if llm.usage.is_none() && tap.content_events() > 0 {
+                // The stream ended without the provider's usage (the client left mid-stream, or
+                // the provider never reports it): estimate rather than count nothing, or a
+                // client could spend tokens for free by hanging up early.
+                let prompt = llm.request.estimated_prompt_tokens();
+                let completion = tap.content_events();
+                llm.usage = Some(Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion });
+                llm.usage_estimated = true;
+            }
             if llm.response_model.is_none() {
                 llm.response_model = tap.model().map(str::to_string);
             }

@@ -719,3 +719,16 @@ fn access_log_off_writes_nothing_anywhere() {
     let errors = std::fs::read_to_string(gw.dir.join("error.log")).unwrap_or_default();
     assert!(!errors.contains("POST /chat"), "access lines do not go to the error log either: {errors}");
 }
+
+#[test]
+fn queued_lines_are_written_on_graceful_shutdown() {
+    let mock = Mock::start("shutdown");
+    let mut gw = Gateway::start(&format!("routes:{}", ai_route("r", "/r", &mock, "m", "")));
+    for i in 0..25 {
+        assert_eq!(gw.chat("/r", &chat_body(&format!("line {i}"))).status, 200);
+    }
+    // No waiting for the writer: the lines still in its queue must survive SIGTERM.
+    let status = gw.terminate();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(gw.access_log().lines().count(), 25, "{}", gw.access_log());
+}

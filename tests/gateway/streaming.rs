@@ -103,14 +103,58 @@ fn tokens_are_counted_across_every_sse_edge_case() {
     }
 }
 
+/// The gateway's estimate when the provider's usage never arrives: prompt ≈ the prompt's JSON
+/// bytes / 4, completion = events that carried content.
+fn estimated_prompt(body: &serde_json::Value) -> u64 {
+    (body["messages"].to_string().len() as u64 / 4).max(1)
+}
+
 #[test]
-fn no_usage_from_the_provider_logs_dashes() {
+fn without_usage_from_the_provider_tokens_are_estimated() {
     let mock = Mock::start("s4");
     let gw = Gateway::start(&route(&mock));
-    let r = gw.chat_with("/v1/chat/completions", &[("x-mock-usage", "none")], &stream_body(None));
+    let body = stream_body(None);
+    let r = gw.chat_with("/v1/chat/completions", &[("x-mock-usage", "none")], &body);
     assert_eq!(r.status, 200);
     let lines = gw.log_lines(1);
-    assert_eq!(logged_tokens(&lines[0]), ("-".into(), "-".into(), "-".into()), "{}", lines[0]);
+    let p = estimated_prompt(&body);
+    assert_eq!(logged_tokens(&lines[0]), (p.to_string(), "3".into(), (p + 3).to_string()), "{}", lines[0]);
+}
+
+#[test]
+fn a_client_that_hangs_up_mid_stream_is_still_charged_and_the_provider_is_cut_off() {
+    use std::io::{Read, Write};
+    let mock = Mock::start("s7");
+    let gw = Gateway::start(&route(&mock));
+    let body = stream_body(None);
+    let raw = body.to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-mock-chunks: 30\r\nx-mock-chunk-delay-ms: 100\r\nContent-Length: {}\r\n\r\n{raw}",
+            raw.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // Read until three content events arrived, then hang up.
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while got.matches("\"content\":\"").count() < 4 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(s);
+    let lines = gw.log_lines(1);
+    let (p, c, _) = logged_tokens(&lines[0]);
+    assert_eq!(p, estimated_prompt(&body).to_string(), "{}", lines[0]);
+    let c: u64 = c.parse().unwrap();
+    assert!((3..30).contains(&c), "completion estimate {c}: {}", lines[0]);
+    // The gateway stopped reading the provider: it did not send its 30 pieces.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let sent = mock.last()["events_sent_at_ms"].as_array().unwrap().len();
+    assert!(sent < 25, "the provider kept streaming to nobody: {sent} events");
 }
 
 #[test]
