@@ -91,7 +91,7 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
-    server.add_service(background_service("aigate access log", AccessLogService(access_log)));
+    server.add_service(background_service("aigate access log", AccessLogService(access_log.clone())));
 
     if !daemon {
         // Pingora writes the pid file only when it daemonizes; systemd uses -d, but tests and
@@ -104,6 +104,7 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
         log::info!("aigate listening on {addr}");
     }
     server.run(pingora_core::server::RunArgs::default());
+    access_log.close();
     if !daemon {
         let _ = std::fs::remove_file(&pid_file);
     }

@@ -250,6 +250,8 @@ pub struct AccessLog {
     rx: Mutex<Option<Receiver<String>>>,
     target: Option<Target>,
     dropped: AtomicU64,
+    stop: Arc<AtomicBool>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 const QUEUE: usize = 65_536;
@@ -274,7 +276,15 @@ impl AccessLog {
             }
             None => (None, None),
         };
-        Ok(AccessLog { format, tx, rx: Mutex::new(rx), target, dropped: AtomicU64::new(0) })
+        Ok(AccessLog {
+            format,
+            tx,
+            rx: Mutex::new(rx),
+            target,
+            dropped: AtomicU64::new(0),
+            stop: Arc::new(AtomicBool::new(false)),
+            writer: Mutex::new(None),
+        })
     }
 
     pub fn enabled(&self) -> bool {
@@ -299,6 +309,17 @@ impl AccessLog {
 
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Write everything still queued and stop the writer. Called once the server has stopped
+    /// serving; the background service cannot be relied on for this, because its task is
+    /// cancelled when Pingora shuts its runtime down.
+    pub fn close(&self) {
+        self.stop.store(true, Ordering::Release);
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 }
 
@@ -326,22 +347,26 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 #[async_trait]
 impl BackgroundService for AccessLogService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(rx) = self.0.rx.lock().ok().and_then(|mut r| r.take()) else { return };
-        let target = match &self.0.target {
+        let log = &self.0;
+        let Some(rx) = log.rx.lock().ok().and_then(|mut r| r.take()) else { return };
+        let target = match &log.target {
             Some(Target::Stdout) => None,
             Some(Target::File(p)) => Some(p.clone()),
             None => return,
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_writer = stop.clone();
-        let writer = std::thread::Builder::new()
+        let stop = log.stop.clone();
+        match std::thread::Builder::new()
             .name("aigate-access-log".into())
-            .spawn(move || write_loop(rx, target, &stop_writer));
-        let _ = shutdown.changed().await;
-        stop.store(true, Ordering::Release);
-        if let Ok(handle) = writer {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            .spawn(move || write_loop(rx, target, &stop))
+        {
+            Ok(h) => {
+                if let Ok(mut w) = log.writer.lock() {
+                    *w = Some(h);
+                }
+            }
+            Err(e) => log::error!("cannot start the access log writer: {e}"),
         }
+        let _ = shutdown.changed().await;
     }
 }
 
