@@ -1,3 +1,6 @@
-//! Load-balancing algorithms shared by plain upstreams and (later) ai-proxy-multi.
+//! Load balancing: smooth weighted round robin, priority tiers with consistent hashing, and the
+//! health of balanced instances (active probes on pingora-load-balancing, passive cool-downs).
 
+pub mod health;
 pub mod swrr;
+pub mod tiered;

@@ -208,6 +208,8 @@ pub struct ServiceConf {
 pub struct PluginsConf {
     #[serde(rename = "ai-proxy", default)]
     pub ai_proxy: Option<AiProxyConf>,
+    #[serde(rename = "ai-proxy-multi", default)]
+    pub ai_proxy_multi: Option<AiProxyMultiConf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -409,4 +411,170 @@ pub struct UpstreamKeepalive {
     pub idle_timeout: Option<f64>,
     #[serde(default)]
     pub requests: Option<u32>,
+}
+
+/// `ai-proxy-multi`: several provider instances behind one route, with priority tiers, weighted
+/// balancing, fallback and health checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiProxyMultiConf {
+    pub instances: Vec<MultiInstanceConf>,
+    #[serde(default)]
+    pub balancer: Option<BalancerConf>,
+    /// `instance_health_and_rate_limiting`, `rate_limiting`, `http_429`, `http_5xx`, or a list.
+    #[serde(default)]
+    pub fallback_strategy: Option<OneOrMany<String>>,
+    #[serde(default)]
+    pub fallback_http_statuses: Option<Vec<u16>>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub retry_on_failure_within_ms: Option<u64>,
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub keepalive: Option<bool>,
+    #[serde(default)]
+    pub keepalive_timeout: Option<u64>,
+    #[serde(default)]
+    pub keepalive_pool: Option<u32>,
+    #[serde(default)]
+    pub ssl_verify: Option<bool>,
+    #[serde(default)]
+    pub logging: Option<LoggingConf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultiInstanceConf {
+    pub name: String,
+    pub provider: ProviderName,
+    pub weight: u32,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    pub auth: AuthConf,
+    #[serde(default)]
+    pub options: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(rename = "override", default)]
+    pub override_: Option<OverrideConf>,
+    #[serde(default)]
+    pub provider_conf: Option<ProviderConf>,
+    #[serde(default)]
+    pub checks: Option<ChecksConf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalancerConf {
+    /// `roundrobin` (smooth weighted, default) or `chash`.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    /// `vars`, `header`, `cookie`, `consumer`, `vars_combinations`.
+    #[serde(default)]
+    pub hash_on: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksConf {
+    #[serde(default)]
+    pub active: Option<ActiveCheckConf>,
+    #[serde(default)]
+    pub passive: Option<PassiveCheckConf>,
+}
+
+/// APISIX's active health check schema.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveCheckConf {
+    /// `http` (default), `https` or `tcp`.
+    #[serde(rename = "type", default)]
+    pub type_: Option<String>,
+    /// Seconds.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub http_path: Option<String>,
+    #[serde(default)]
+    pub https_verify_certificate: Option<bool>,
+    /// `["Name: value", ...]`.
+    #[serde(default)]
+    pub req_headers: Option<Vec<String>>,
+    #[serde(default)]
+    pub healthy: Option<ActiveHealthy>,
+    #[serde(default)]
+    pub unhealthy: Option<ActiveUnhealthy>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveHealthy {
+    /// Seconds between probes of a healthy instance.
+    #[serde(default)]
+    pub interval: Option<f64>,
+    #[serde(default)]
+    pub successes: Option<u32>,
+    #[serde(default)]
+    pub http_statuses: Option<Vec<u16>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveUnhealthy {
+    /// Seconds between probes of an unhealthy instance.
+    #[serde(default)]
+    pub interval: Option<f64>,
+    #[serde(default)]
+    pub http_failures: Option<u32>,
+    #[serde(default)]
+    pub tcp_failures: Option<u32>,
+    #[serde(default)]
+    pub timeouts: Option<u32>,
+    #[serde(default)]
+    pub http_statuses: Option<Vec<u16>>,
+}
+
+/// Health judged from real requests (APISIX's passive schema, plus aigate's `cooldown`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveCheckConf {
+    #[serde(rename = "type", default)]
+    pub type_: Option<String>,
+    #[serde(default)]
+    pub healthy: Option<PassiveHealthy>,
+    #[serde(default)]
+    pub unhealthy: Option<PassiveUnhealthy>,
+    /// aigate: seconds an instance is skipped after it turned unhealthy (default 10; 0 = never).
+    #[serde(default)]
+    pub cooldown: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealthy {
+    #[serde(default)]
+    pub http_statuses: Option<Vec<u16>>,
+    #[serde(default)]
+    pub successes: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveUnhealthy {
+    #[serde(default)]
+    pub http_statuses: Option<Vec<u16>>,
+    #[serde(default)]
+    pub http_failures: Option<u32>,
+    #[serde(default)]
+    pub tcp_failures: Option<u32>,
+    #[serde(default)]
+    pub timeouts: Option<u32>,
 }

@@ -717,3 +717,37 @@ pub(crate) fn percent_decode(s: &str) -> Cow<'_, str> {
         Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
     }
 }
+
+/// One APISIX variable (`remote_addr`, `arg_user`, `http_x_user_id`, `cookie_sid`, ...) read on
+/// its own, for keys built from request variables (ai-proxy-multi's `chash` balancer).
+#[derive(Clone, Debug)]
+pub struct Variable(Var);
+
+impl Variable {
+    pub fn parse(name: &str) -> Result<Variable, String> {
+        parse_var(name.strip_prefix('$').unwrap_or(name)).map(Variable)
+    }
+
+    /// The value as text (lists joined with `,`), or None when the request does not have it.
+    pub fn read_string(&self, req: &RequestView) -> Option<String> {
+        fn text(v: Value<'_>, out: &mut String) {
+            match v {
+                Value::Str(s) => out.push_str(&s),
+                Value::Num(n) => out.push_str(&n.to_string()),
+                Value::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+                Value::List(items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        text(item, out);
+                    }
+                }
+            }
+        }
+        let v = self.0.read(req)?;
+        let mut out = String::new();
+        text(v, &mut out);
+        Some(out)
+    }
+}
