@@ -7,6 +7,7 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 
+use crate::balancer::health::HealthCheckService;
 use crate::config::{self, ConfigError};
 use crate::observability::access_log::{AccessLog, AccessLogService, Format, DEFAULT_FORMAT};
 use crate::proxy::Gateway;
@@ -81,8 +82,9 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
     let mut server = Server::new_with_opt_and_conf(opt, prepared.server_conf);
     server.bootstrap();
 
+    let store = Arc::new(Store::new(prepared.snapshot));
     let gateway = Gateway {
-        store: Arc::new(Store::new(prepared.snapshot)),
+        store: store.clone(),
         access_log: access_log.clone(),
         max_body_size: prepared.max_body_size,
     };
@@ -92,6 +94,8 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
     }
     server.add_service(proxy);
     server.add_service(background_service("aigate access log", AccessLogService(access_log.clone())));
+    // Active health probes of whatever config is live (ai-proxy-multi `checks.active`).
+    server.add_service(background_service("aigate health checks", HealthCheckService(store)));
 
     if !daemon {
         // Pingora writes the pid file only when it daemonizes; systemd uses -d, but tests and

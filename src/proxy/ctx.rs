@@ -13,6 +13,7 @@ use crate::llm::request::LlmRequest;
 use crate::llm::sse::SseTap;
 use crate::llm::usage::Usage;
 use crate::plugins::ai_proxy::AiProxy;
+use crate::plugins::ai_proxy_multi::AiProxyMulti;
 use crate::providers::instance::{LlmInstance, Target};
 use crate::store::{Route, Snapshot};
 
@@ -48,12 +49,23 @@ pub enum ResponseTap {
     Collect(BytesMut),
 }
 
+/// Which plugin serves the route.
+pub enum LlmPlugin {
+    Single(Arc<AiProxy>),
+    Multi(Arc<AiProxyMulti>),
+}
+
 /// The LLM side of an AI request.
 pub struct LlmCall {
-    pub plugin: Arc<AiProxy>,
+    pub plugin: LlmPlugin,
     pub request: LlmRequest,
     /// The instance of the current attempt.
     pub instance: Arc<LlmInstance>,
+    /// ai-proxy-multi: the current attempt's instance index, and which instances were tried.
+    pub instance_idx: Option<usize>,
+    pub tried: Vec<bool>,
+    /// ai-proxy-multi `chash`: the request's key.
+    pub hash_key: Option<Vec<u8>>,
     pub target: Option<Target>,
     /// The rewritten body of the current attempt.
     pub upstream_body: Bytes,
@@ -80,6 +92,20 @@ pub struct LlmCall {
     pub passthrough_body: Option<Bytes>,
     /// Bytes kept of a JSON answer for payload logging.
     pub payload_buf: Option<BytesMut>,
+}
+
+impl LlmCall {
+    /// ai-proxy-multi's plugin, if that is what serves the route.
+    pub fn multi(&self) -> Option<&Arc<AiProxyMulti>> {
+        match &self.plugin {
+            LlmPlugin::Multi(m) => Some(m),
+            LlmPlugin::Single(_) => None,
+        }
+    }
+
+    pub fn passthrough(&self) -> bool {
+        matches!(&self.plugin, LlmPlugin::Single(p) if p.passthrough)
+    }
 }
 
 pub struct RequestCtx {

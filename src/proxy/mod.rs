@@ -4,6 +4,7 @@
 
 pub mod ctx;
 pub mod errors;
+pub mod fallback;
 pub mod logging;
 pub mod outbound;
 pub mod replay;
@@ -114,8 +115,27 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(retry) = fallback::on_status(upstream_response.status.as_u16(), ctx) {
+            return Err(retry);
+        }
         response::on_upstream_header(upstream_response, ctx);
         Ok(())
+    }
+
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+        fallback::on_transport_error(session, e, ctx, false)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let e = e.more_context(format!("Peer: {peer}"));
+        fallback::on_transport_error(session, e, ctx, client_reused)
     }
 
     async fn response_filter(
@@ -168,6 +188,18 @@ impl ProxyHttp for Gateway {
             let view = logging::LogView { session, ctx, now: Instant::now() };
             self.access_log.log(&view);
         }
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        _e: &Error,
+        _context: pingora_proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // ai-proxy-multi falling back is planned behaviour, logged at info by `fallback`; the
+        // access log records the instance that served and the number of attempts.
+        ctx.llm.as_ref().is_some_and(|l| l.multi().is_some())
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {

@@ -37,6 +37,19 @@ const DROP_HEADERS: &[&str] = &[
 /// Rewrite the body and pick the endpoint for the current attempt on `llm.instance`. Every
 /// attempt starts again from the client's body, so nothing of an earlier attempt leaks into it.
 pub fn prepare_attempt(llm: &mut LlmCall) -> Result<(), GatewayError> {
+    if let Some(m) = llm.multi().cloned() {
+        let idx = m
+            .pick(llm.hash_key.as_deref(), &llm.tried)
+            .ok_or_else(|| GatewayError::bad_gateway("no_instance", "no instance left to try"))?;
+        llm.tried[idx] = true;
+        llm.instance_idx = Some(idx);
+        llm.instance = m.instances[idx].llm.clone();
+    }
+    // Nothing of an earlier attempt's answer counts for this one.
+    llm.usage = None;
+    llm.usage_estimated = false;
+    llm.response_model = None;
+    llm.tap = super::ctx::ResponseTap::None;
     let inst = llm.instance.clone();
     let rw = llm.request.rewrite(&inst.options, RewriteSpec { drop_model: inst.driver.drops_model() });
     let target = inst
@@ -268,5 +281,15 @@ pub fn classify_failure(e: &pingora_error::Error, ctx: &RequestCtx) -> Option<Ga
         return Some(err.clone());
     }
     let timeout_ms = ctx.llm.as_ref().map(|l| l.instance.timeout.as_millis() as u64);
-    errors::classify(e, timeout_ms)
+    let err = errors::classify(e, timeout_ms)?;
+    // Several instances tried and none answered: that is the route failing, not one timeout.
+    if let Some(llm) = ctx.llm.as_ref().filter(|l| l.attempts > 1) {
+        if e.esource() == &pingora_error::ErrorSource::Upstream {
+            return Some(GatewayError::bad_gateway(
+                "no_instance_answered",
+                format!("none of the {} instances tried answered (last: {})", llm.attempts, err.message),
+            ));
+        }
+    }
+    Some(err)
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
 
-use super::ctx::{LlmCall, RequestCtx, RequestType, ResponseTap};
+use super::ctx::{LlmCall, LlmPlugin, RequestCtx, RequestType, ResponseTap};
 use super::errors::GatewayError;
 use super::{outbound, replay, Gateway};
 use crate::llm::request::{BodyError, LlmRequest};
@@ -48,14 +48,18 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
     let route = snapshot.routes[idx].clone();
     ctx.route = Some(route.clone());
 
-    let Some(plugin) = route.plugins.ai_proxy.clone() else {
-        // A plain route: the body streams through Pingora untouched, unless it was already read
-        // for matching, in which case it is replayed as is.
-        if let Some(b) = body.filter(|b| !b.is_empty()) {
-            ctx.replay_body = Some(b.clone());
-            ctx.replay = replay::install(session, b);
+    let plugin = match (&route.plugins.ai_proxy, &route.plugins.ai_proxy_multi) {
+        (Some(p), _) => LlmPlugin::Single(p.clone()),
+        (None, Some(m)) => LlmPlugin::Multi(m.clone()),
+        (None, None) => {
+            // A plain route: the body streams through Pingora untouched, unless it was already
+            // read for matching, in which case it is replayed as is.
+            if let Some(b) = body.filter(|b| !b.is_empty()) {
+                ctx.replay_body = Some(b.clone());
+                ctx.replay = replay::install(session, b);
+            }
+            return Verdict::Proxy;
         }
-        return Verdict::Proxy;
     };
 
     if let Some(ct) = session.req_header().headers.get(http::header::CONTENT_TYPE) {
@@ -92,11 +96,21 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
     ctx.request_type = if request.stream() { RequestType::AiStream } else { RequestType::AiChat };
     let client_body = request.body().clone();
     let request_model = request.model();
-    let instance = plugin.instance.clone();
+    let (instance, tried, hash_key) = match &plugin {
+        LlmPlugin::Single(p) => (p.instance.clone(), Vec::new(), None),
+        LlmPlugin::Multi(m) => {
+            let key = m.hash_key(&view(session, None));
+            (m.instances[0].llm.clone(), vec![false; m.instances.len()], key)
+        }
+    };
+    let passthrough = matches!(&plugin, LlmPlugin::Single(p) if p.passthrough);
     ctx.llm = Some(Box::new(LlmCall {
-        plugin: plugin.clone(),
+        plugin,
         request,
         instance,
+        instance_idx: None,
+        tried,
+        hash_key,
         target: None,
         upstream_body: Bytes::new(),
         request_model,
@@ -115,7 +129,7 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
         payload_buf: None,
     }));
 
-    if plugin.passthrough {
+    if passthrough {
         match outbound::passthrough_call(session, ctx).await {
             Ok(None) => {}
             Ok(Some(())) => return Verdict::Responded,

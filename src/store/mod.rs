@@ -26,6 +26,8 @@ pub struct Route {
 pub struct Snapshot {
     pub routes: Vec<Arc<Route>>,
     pub router: Router,
+    /// Every active health probe of this config (run by the health-check service).
+    pub probes: Vec<Arc<crate::balancer::health::ActiveProbe>>,
 }
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE"];
@@ -38,18 +40,24 @@ impl Snapshot {
             if let Some(p) = &r.plugins.ai_proxy {
                 out.extend(p.instance.credentials());
             }
+            if let Some(m) = &r.plugins.ai_proxy_multi {
+                for i in &m.instances {
+                    out.extend(i.llm.credentials());
+                }
+            }
         }
         out
     }
 
     pub fn empty() -> Snapshot {
-        Snapshot { routes: Vec::new(), router: Router::new(Vec::new()).expect("empty router") }
+        Snapshot { routes: Vec::new(), router: Router::new(Vec::new()).expect("empty router"), probes: Vec::new() }
     }
 
     pub fn build(file: &FileConfig) -> Result<Snapshot, ConfigError> {
-        let mut services: HashMap<String, (usize, &ServiceConf)> = HashMap::new();
+        let mut services: HashMap<String, (usize, &ServiceConf, RoutePlugins)> = HashMap::new();
         for (i, s) in file.services.iter().enumerate() {
-            if services.insert(s.id.to_string(), (i, s)).is_some() {
+            let plugins = RoutePlugins::compile(s.plugins.as_ref(), &format!("services[{i}]"))?;
+            if services.insert(s.id.to_string(), (i, s, plugins)).is_some() {
                 return Err(ConfigError::new(format!("services[{i}].id"), format!("duplicate service id {:?}", s.id.to_string())));
             }
         }
@@ -70,19 +78,30 @@ impl Snapshot {
                 })?),
                 None => None,
             };
-            let (route, entry) = compile_route(r, &path, service.map(|(j, s)| (*j, *s)), routes.len())?;
+            let (route, entry) = compile_route(r, &path, service.map(|(j, s, p)| (*j, *s, p)), routes.len())?;
             routes.push(Arc::new(route));
             entries.push(entry);
         }
         let router = Router::new(entries).map_err(|m| ConfigError::new("routes", m))?;
-        Ok(Snapshot { routes, router })
+        // A service's plugins are shared by its routes: collect each probe once.
+        let mut probes: Vec<Arc<crate::balancer::health::ActiveProbe>> = Vec::new();
+        for r in &routes {
+            if let Some(m) = &r.plugins.ai_proxy_multi {
+                for p in m.probes() {
+                    if !probes.iter().any(|q| Arc::ptr_eq(q, p)) {
+                        probes.push(p.clone());
+                    }
+                }
+            }
+        }
+        Ok(Snapshot { routes, router, probes })
     }
 }
 
 fn compile_route(
     r: &RouteConf,
     path: &str,
-    service: Option<(usize, &ServiceConf)>,
+    service: Option<(usize, &ServiceConf, &RoutePlugins)>,
     index: usize,
 ) -> Result<(Route, RouteEntry), ConfigError> {
     let err = |f: &str, m: String| ConfigError::new(format!("{path}{f}"), m);
@@ -120,7 +139,7 @@ fn compile_route(
     let hosts = match (&r.host, &r.hosts) {
         (Some(h), None) => vec![h.clone()],
         (None, Some(h)) => h.clone(),
-        (None, None) => service.and_then(|(_, s)| s.hosts.clone()).unwrap_or_default(),
+        (None, None) => service.and_then(|(_, s, _)| s.hosts.clone()).unwrap_or_default(),
         _ => return Err(err("", "give only one of host and hosts".into())),
     };
     let remote_addrs = match (&r.remote_addr, &r.remote_addrs) {
@@ -133,20 +152,19 @@ fn compile_route(
         Some(v) => Some(Expr::compile(v).map_err(|m| err(".vars", m))?),
         None => None,
     };
-    let service_path = service.map(|(j, _)| format!("services[{j}]")).unwrap_or_default();
-    let plugins = RoutePlugins::compile(
-        r.plugins.as_ref(),
-        path,
-        service.and_then(|(_, s)| s.plugins.as_ref()),
-        &service_path,
-    )?;
-    let upstream = match (&r.upstream, service.and_then(|(_, s)| s.upstream.as_ref())) {
+    let service_path = service.map(|(j, _, _)| format!("services[{j}]")).unwrap_or_default();
+    let own = RoutePlugins::compile(r.plugins.as_ref(), path)?;
+    let plugins = match service {
+        Some((_, _, shared)) => own.over(shared, path)?,
+        None => own.over(&RoutePlugins::default(), path)?,
+    };
+    let upstream = match (&r.upstream, service.and_then(|(_, s, _)| s.upstream.as_ref())) {
         (Some(u), _) => Some(Arc::new(Upstream::build(u, &format!("{path}.upstream"))?)),
         (None, Some(u)) => Some(Arc::new(Upstream::build(u, &format!("{service_path}.upstream"))?)),
         (None, None) => None,
     };
     if !plugins.is_ai() && upstream.is_none() {
-        return Err(err("", "route has nothing to proxy to: add an ai-proxy plugin or an upstream".into()));
+        return Err(err("", "route has nothing to proxy to: add ai-proxy, ai-proxy-multi or an upstream".into()));
     }
     if plugins.ai_proxy.as_ref().is_some_and(|p| p.passthrough) && upstream.is_none() {
         return Err(err(".upstream", "ai-proxy passthrough needs the route's upstream to send the answer to".into()));
@@ -166,6 +184,12 @@ fn compile_route(
 /// The live snapshot, swapped atomically on change.
 pub struct Store {
     current: ArcSwap<Snapshot>,
+}
+
+impl crate::balancer::health::ProbeSource for Arc<Store> {
+    fn probes(&self) -> Vec<Arc<crate::balancer::health::ActiveProbe>> {
+        self.load().probes.clone()
+    }
 }
 
 impl Store {

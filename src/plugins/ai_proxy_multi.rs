@@ -1,0 +1,260 @@
+//! `ai-proxy-multi`: several provider instances behind one route.
+//!
+//! Instances are grouped by `priority` (highest first) and balanced inside a tier by smooth
+//! weighted round robin or consistent hashing (`balancer.algorithm: chash`). An answer with a
+//! fallback status (`fallback_strategy: http_429 / http_5xx`, `fallback_http_statuses`), a
+//! refused connection or a timeout sends the request, rewritten from scratch, to the next untried
+//! instance. Unhealthy instances (active probes, or passive cool-down after failing real
+//! requests) are skipped unless every instance is unhealthy.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::balancer::health::{ActiveProbe, Outcome, PassiveHealth};
+use crate::balancer::tiered::{Algorithm, Member, TieredBalancer};
+use crate::config::schema::{AiProxyMultiConf, OneOrMany};
+use crate::config::ConfigError;
+use crate::providers::instance::{InstanceSpec, LlmInstance};
+use crate::router::vars::Variable;
+use crate::router::RequestView;
+
+pub struct MultiInstance {
+    pub llm: Arc<LlmInstance>,
+    pub weight: u32,
+    pub priority: i64,
+    pub active: Option<Arc<ActiveProbe>>,
+    pub passive: PassiveHealth,
+}
+
+impl MultiInstance {
+    pub fn healthy(&self) -> bool {
+        self.active.as_ref().is_none_or(|a| a.healthy()) && !self.passive.cooling_down()
+    }
+}
+
+/// Where `chash` takes its key from (`balancer.hash_on` + `key`).
+enum HashOn {
+    /// `vars`, `header`, `cookie`: one request variable.
+    Var(Variable),
+    /// `consumer`: the authenticated consumer (until consumers exist: the client address).
+    Consumer,
+    /// `vars_combinations`: a template like `$remote_addr-$http_x_user`.
+    Combination(Vec<Piece>),
+}
+
+enum Piece {
+    Lit(String),
+    Var(Variable),
+}
+
+pub struct AiProxyMulti {
+    pub instances: Vec<MultiInstance>,
+    balancer: TieredBalancer,
+    hash_on: Option<HashOn>,
+    remote_addr: Variable,
+    /// Statuses that send the request to the next instance (index = status).
+    fallback_statuses: Box<[bool; 600]>,
+    max_attempts: u32,
+    retry_within: Option<Duration>,
+}
+
+impl AiProxyMulti {
+    pub fn build(conf: &AiProxyMultiConf, path: &str) -> Result<AiProxyMulti, ConfigError> {
+        let err = |f: &str, m: String| ConfigError::new(format!("{path}{f}"), m);
+        if conf.instances.is_empty() {
+            return Err(err(".instances", "at least one instance is required".into()));
+        }
+        let mut names = HashSet::new();
+        let mut instances = Vec::with_capacity(conf.instances.len());
+        for (i, c) in conf.instances.iter().enumerate() {
+            let ipath = format!("{path}.instances[{i}]");
+            if c.name.is_empty() {
+                return Err(ConfigError::new(format!("{ipath}.name"), "must not be empty"));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(ConfigError::new(format!("{ipath}.name"), format!("duplicate instance name {:?}", c.name)));
+            }
+            let spec = InstanceSpec {
+                name: c.name.clone(),
+                provider: c.provider,
+                auth: &c.auth,
+                options: c.options.as_ref(),
+                endpoint: c.override_.as_ref().and_then(|o| o.endpoint.as_deref()),
+                provider_conf: c.provider_conf.as_ref(),
+                timeout_ms: conf.timeout,
+                keepalive: conf.keepalive,
+                keepalive_timeout_ms: conf.keepalive_timeout,
+                ssl_verify: conf.ssl_verify,
+                logging: conf.logging,
+            };
+            let llm = LlmInstance::build(spec, &ipath)?;
+            let checks = c.checks.as_ref();
+            let active = match checks.and_then(|c| c.active.as_ref()) {
+                Some(a) => Some(Arc::new(
+                    ActiveProbe::new(&c.name, a, &llm.endpoint, &llm.auth_headers, &llm.auth_query)
+                        .map_err(|m| ConfigError::new(format!("{ipath}.checks.active"), m))?,
+                )),
+                None => None,
+            };
+            let passive = PassiveHealth::new(checks.and_then(|c| c.passive.as_ref()))
+                .map_err(|m| ConfigError::new(format!("{ipath}.checks.passive"), m))?;
+            instances.push(MultiInstance {
+                llm: Arc::new(llm),
+                weight: c.weight,
+                priority: c.priority.unwrap_or(0),
+                active,
+                passive,
+            });
+        }
+
+        let b = conf.balancer.clone().unwrap_or_default();
+        let algorithm = match b.algorithm.as_deref() {
+            None | Some("roundrobin") => Algorithm::RoundRobin,
+            Some("chash") => Algorithm::Chash,
+            Some(other) => return Err(err(".balancer.algorithm", format!("must be roundrobin or chash, not {other:?}"))),
+        };
+        let hash_on = match algorithm {
+            Algorithm::RoundRobin => None,
+            Algorithm::Chash => Some(parse_hash_on(b.hash_on.as_deref(), b.key.as_deref()).map_err(|m| err(".balancer", m))?),
+        };
+
+        let mut fallback_statuses = Box::new([false; 600]);
+        // A string may be any strategy; a list may hold rate_limiting, http_429 and http_5xx.
+        let (strategies, listed): (Vec<String>, bool) = match &conf.fallback_strategy {
+            None => (Vec::new(), false),
+            Some(OneOrMany::One(s)) => (vec![s.clone()], false),
+            Some(OneOrMany::Many(v)) => (v.clone(), true),
+        };
+        for (i, s) in strategies.iter().enumerate() {
+            let at = if listed { format!(".fallback_strategy[{i}]") } else { ".fallback_strategy".to_string() };
+            match s.as_str() {
+                "http_429" => fallback_statuses[429] = true,
+                "http_5xx" => fallback_statuses[500..600].iter_mut().for_each(|b| *b = true),
+                // Quota-based fallback belongs to ai-rate-limiting; health-based fallback is the
+                // instance selection itself, always on.
+                "rate_limiting" => {}
+                "instance_health_and_rate_limiting" if !listed => {}
+                other => {
+                    return Err(err(
+                        &at,
+                        format!("unknown strategy {other:?} (expected instance_health_and_rate_limiting, rate_limiting, http_429, http_5xx)"),
+                    ))
+                }
+            }
+        }
+        for (i, s) in conf.fallback_http_statuses.iter().flatten().enumerate() {
+            if !(400..=599).contains(s) {
+                return Err(err(&format!(".fallback_http_statuses[{i}]"), format!("{s} is not a status between 400 and 599")));
+            }
+            fallback_statuses[*s as usize] = true;
+        }
+        if conf.retry_on_failure_within_ms == Some(0) {
+            return Err(err(".retry_on_failure_within_ms", "must be at least 1".into()));
+        }
+        let n = instances.len() as u32;
+        let max_attempts = match conf.max_retries {
+            Some(r) => (r + 1).min(n),
+            None => n,
+        };
+
+        let members: Vec<Member> = instances
+            .iter()
+            .map(|i| Member { name: i.llm.name.clone(), priority: i.priority, weight: i.weight })
+            .collect();
+        Ok(AiProxyMulti {
+            balancer: TieredBalancer::new(&members, algorithm),
+            instances,
+            hash_on,
+            remote_addr: Variable::parse("remote_addr").expect("known variable"),
+            fallback_statuses,
+            max_attempts,
+            retry_within: conf.retry_on_failure_within_ms.map(Duration::from_millis),
+        })
+    }
+
+    /// The `chash` key of a request (None for round robin).
+    pub fn hash_key(&self, req: &RequestView) -> Option<Vec<u8>> {
+        let hash_on = self.hash_on.as_ref()?;
+        let key = match hash_on {
+            HashOn::Var(v) => v.read_string(req),
+            HashOn::Consumer => None,
+            HashOn::Combination(pieces) => {
+                let mut s = String::new();
+                for p in pieces {
+                    match p {
+                        Piece::Lit(l) => s.push_str(l),
+                        Piece::Var(v) => s.push_str(&v.read_string(req).unwrap_or_default()),
+                    }
+                }
+                Some(s)
+            }
+        };
+        // APISIX hashes the client address when the key is missing.
+        key.filter(|k| !k.is_empty())
+            .or_else(|| self.remote_addr.read_string(req))
+            .map(String::into_bytes)
+    }
+
+    /// The instance for the next attempt. Healthy, untried instances first, by tier; when every
+    /// untried instance is unhealthy they are used anyway (better than failing outright).
+    pub fn pick(&self, key: Option<&[u8]>, tried: &[bool]) -> Option<usize> {
+        let untried = |i: usize| !tried.get(i).copied().unwrap_or(false);
+        let any_healthy = (0..self.instances.len()).any(|i| untried(i) && self.instances[i].healthy());
+        self.balancer.pick(key, |i| untried(i) && (!any_healthy || self.instances[i].healthy()))
+    }
+
+    pub fn falls_back_on(&self, status: u16) -> bool {
+        self.fallback_statuses.get(status as usize).copied().unwrap_or(false)
+    }
+
+    /// Whether another attempt may be made after `attempts` attempts, `elapsed` into the request.
+    pub fn may_retry(&self, attempts: u32, elapsed: Duration, tried: &[bool]) -> bool {
+        attempts < self.max_attempts
+            && self.retry_within.is_none_or(|w| elapsed < w)
+            && tried.iter().any(|t| !t)
+    }
+
+    pub fn record(&self, instance: usize, outcome: Outcome) {
+        if let Some(i) = self.instances.get(instance) {
+            if i.passive.record(outcome) {
+                log::warn!("instance {} failed repeatedly and is skipped for a cool-down", i.llm.name);
+            }
+        }
+    }
+
+    pub fn probes(&self) -> impl Iterator<Item = &Arc<ActiveProbe>> {
+        self.instances.iter().filter_map(|i| i.active.as_ref())
+    }
+}
+
+fn parse_hash_on(hash_on: Option<&str>, key: Option<&str>) -> Result<HashOn, String> {
+    let need_key = || key.filter(|k| !k.is_empty()).ok_or("chash needs balancer.key".to_string());
+    match hash_on.unwrap_or("vars") {
+        "vars" => Ok(HashOn::Var(Variable::parse(need_key()?)?)),
+        "header" => Ok(HashOn::Var(Variable::parse(&format!("http_{}", need_key()?.replace('-', "_")))?)),
+        "cookie" => Ok(HashOn::Var(Variable::parse(&format!("cookie_{}", need_key()?))?)),
+        "consumer" => Ok(HashOn::Consumer),
+        "vars_combinations" => {
+            let tpl = need_key()?;
+            let mut pieces = Vec::new();
+            let mut rest = tpl;
+            while let Some(i) = rest.find('$') {
+                if i > 0 {
+                    pieces.push(Piece::Lit(rest[..i].to_string()));
+                }
+                let name_end = rest[i + 1..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .map(|e| i + 1 + e)
+                    .unwrap_or(rest.len());
+                pieces.push(Piece::Var(Variable::parse(&rest[i + 1..name_end])?));
+                rest = &rest[name_end..];
+            }
+            if !rest.is_empty() {
+                pieces.push(Piece::Lit(rest.to_string()));
+            }
+            Ok(HashOn::Combination(pieces))
+        }
+        other => Err(format!("hash_on must be vars, header, cookie, consumer or vars_combinations, not {other:?}")),
+    }
+}
