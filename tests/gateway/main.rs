@@ -9,6 +9,7 @@ mod ai_proxy;
 mod bodies;
 mod config_check;
 mod errors;
+mod multi;
 mod passthrough;
 mod providers;
 mod readme_examples;

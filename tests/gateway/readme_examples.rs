@@ -109,3 +109,78 @@ fn seed_004_vars_routing_services_embeddings_and_streaming() {
     let r = gw.chat("/v1/chat/completions", &streaming);
     assert_eq!(r.sse_data().last().map(String::as_str), Some("[DONE]"));
 }
+
+fn models(gw: &Gateway, path: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let r = gw.chat(path, &json!({"messages": [{ "role": "user", "content": "What is 1+1?" }]}));
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()["model"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+fn count(v: &[String], m: &str) -> usize {
+    v.iter().filter(|x| *x == m).count()
+}
+
+#[test]
+fn seed_000_multi_model_routing() {
+    let (_mock, gw) = start();
+    let m = models(&gw, "/openai-multi", 10);
+    assert_eq!((count(&m, "gpt-4o-mini"), count(&m, "gpt-4o")), (8, 2), "{m:?}");
+}
+
+#[test]
+fn seed_002_hybrid_route_prefers_the_higher_priority_number() {
+    let (mock, gw) = start();
+    // cloud-fallback (priority 2) is preferred; its endpoint is down in the demo, so the request
+    // falls back to the self-hosted instance.
+    let m = models(&gw, "/hybrid", 2);
+    assert_eq!(m, vec!["meta-llama/Llama-3.1-8B-Instruct"; 2]);
+    assert_eq!(mock.last()["headers"]["authorization"], "Bearer placeholder");
+}
+
+#[test]
+fn seed_003_load_balancing_priority_max_tokens_embeddings() {
+    let (mock, gw) = start();
+    let m = models(&gw, "/multi/lb", 10);
+    assert_eq!((count(&m, "gpt-4"), count(&m, "deepseek-chat")), (8, 2), "{m:?}");
+
+    assert_eq!(models(&gw, "/multi/priority", 3), vec!["gpt-4"; 3]);
+
+    for _ in 0..2 {
+        let r = gw.chat("/multi/max-tokens", &json!({"messages": [{ "role": "user", "content": "Explain Newtons law" }]}));
+        let sent = sent_body(&mock);
+        let want = if r.json()["model"] == "gpt-4" { 50 } else { 100 };
+        assert_eq!(sent["max_tokens"], want);
+    }
+
+    let paths: Vec<String> = (0..2)
+        .map(|_| {
+            let r = gw.chat("/multi/embeddings", &json!({"input": "hello world"}));
+            assert_eq!(r.json()["object"], "list");
+            mock.last()["path"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(paths.contains(&"/v1/embeddings".to_string()), "{paths:?}");
+    assert!(paths.iter().any(|p| p.starts_with("/openai/deployments/")), "{paths:?}");
+}
+
+#[test]
+fn seed_003_health_checks() {
+    let (mock, gw) = start();
+    assert_eq!(count(&models(&gw, "/multi/health", 4), "model-2"), 2);
+    mock.set(json!({"health_status": 500}));
+    // A healthy instance is probed every healthy.interval (2 s): three failed probes take up to
+    // about 6 s, then only llm-instance-1 serves.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(9);
+    loop {
+        let m = models(&gw, "/multi/health", 4);
+        if m == vec!["model-1"; 4] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "instance 2 still serving: {m:?}");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
