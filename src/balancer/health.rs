@@ -205,9 +205,15 @@ impl ActiveProbe {
                 hc.peer_template.options.verify_cert = conf.https_verify_certificate.unwrap_or(true);
                 hc.peer_template.options.verify_hostname = conf.https_verify_certificate.unwrap_or(true);
                 hc.consecutive_success = successes;
-                hc.consecutive_failure = unhealthy.http_failures.unwrap_or(5).max(1) as usize;
+                // Pingora counts failures of any kind against one threshold: a timed-out probe
+                // is a failure too, so the stricter of http_failures and timeouts applies.
+                let failures = unhealthy.http_failures.unwrap_or(5).min(unhealthy.timeouts.unwrap_or(u32::MAX));
+                hc.consecutive_failure = failures.max(1) as usize;
                 let ok_statuses = healthy.http_statuses.clone().unwrap_or_else(|| vec![200, 302]);
                 check_statuses(&ok_statuses)?;
+                // A probe passes only on a healthy status; `unhealthy.http_statuses` (checked for
+                // validity) name statuses that already fail by not being healthy ones.
+                check_statuses(unhealthy.http_statuses.as_deref().unwrap_or(&[]))?;
                 hc.validator = Some(Box::new(move |resp| {
                     let s = resp.status.as_u16();
                     if ok_statuses.contains(&s) {
@@ -225,7 +231,8 @@ impl ActiveProbe {
                 let mut hc = TcpHealthCheck::new();
                 hc.peer_template.options.connection_timeout = Some(timeout);
                 hc.consecutive_success = successes;
-                hc.consecutive_failure = unhealthy.tcp_failures.unwrap_or(2).max(1) as usize;
+                let failures = unhealthy.tcp_failures.unwrap_or(2).min(unhealthy.timeouts.unwrap_or(u32::MAX));
+                hc.consecutive_failure = failures.max(1) as usize;
                 backends.set_health_check(hc);
             }
             other => return Err(format!("type must be http, https or tcp, not {other:?}")),

@@ -211,6 +211,7 @@ impl LogSource for LogView<'_> {
                     "model": l.model,
                     "response_model": l.response_model,
                     "instance": l.instance.name,
+                    "attempts": l.attempts,
                     "duration": self.now.saturating_duration_since(ctx.started).as_millis() as u64,
                     "upstream_response_time": self.upstream_time().map(|d| d.as_millis() as u64),
                     "time_to_first_token": self.ttft().map(|d| d.as_millis() as u64),

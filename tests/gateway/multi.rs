@@ -189,29 +189,55 @@ fn fallback_on_a_refused_connection_and_on_a_timeout() {
     assert_fell_back(&slow, &second, &r, &gw, true);
 }
 
+/// Every failure kind, for a plain request, a stream and a 1 MiB body: the request ends up with
+/// the second instance, rewritten for it, after two attempts.
 #[test]
-fn fallback_works_for_streams_and_for_a_one_mib_body() {
-    let first = Mock::start_with("first", &["--status", "429"]);
-    let second = Mock::start("second");
-    let gw = Gateway::start_with(&fallback_pair(&first, &second, ""), GatewayOpts { log_format: Some(LOG), ..Default::default() });
-    let mut body = chat_body("stream please");
-    body["stream"] = json!(true);
-    let r = gw.chat("/chat", &body);
-    assert_eq!(r.status, 200);
-    let data = r.sse_data();
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    assert!(data[0].contains("\"model\":\"model-second\""), "{}", data[0]);
-
+fn fallback_for_every_failure_kind_and_request_kind() {
     let text: String = (0..(1 << 20) / 8).map(|i| format!("w{:06} ", i)).collect();
     let big = json!({"messages": [{"role": "user", "content": text}]});
-    let r = gw.chat("/chat", &big);
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["model"], "model-second");
-    for m in [&first, &second] {
-        let sent = m.last();
+    let mut stream = chat_body("stream please");
+    stream["stream"] = json!(true);
+    // Passive cool-down off: every request must really try the failing instance first.
+    let no_cooldown = "            checks: { passive: { cooldown: 0 } }\n";
+    for kind in ["429", "500", "refused", "timeout"] {
+        let first = match kind {
+            "timeout" => Some(Mock::start_with("first", &["--delay-ms", "3000"])),
+            "refused" => None,
+            status => Some(Mock::start_with("first", &["--status", status])),
+        };
+        let second = Mock::start("second");
+        let mut f = match &first {
+            Some(m) => inst("first", m, 1),
+            None => dead("first", 1),
+        };
+        f.priority = 1;
+        f.extra = no_cooldown;
+        let gw = Gateway::start_with(
+            &multi_route(&format!("{FALLBACK}        timeout: 400\n"), &[f, inst("second", &second, 1)]),
+            GatewayOpts { log_format: Some(LOG), ..Default::default() },
+        );
+        let r = gw.chat("/chat", &chat_body("plain"));
+        assert_eq!(r.json()["model"], "model-second", "{kind} plain: {}", r.text());
+        let r = gw.chat("/chat", &stream);
+        let data = r.sse_data();
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{kind} stream");
+        assert!(data[0].contains("\"model\":\"model-second\""), "{kind} stream: {}", data[0]);
+        let r = gw.chat("/chat", &big);
+        assert_eq!(r.json()["model"], "model-second", "{kind} 1 MiB");
+        let sent = second.last();
         let b: serde_json::Value = serde_json::from_str(sent["body"].as_str().unwrap()).unwrap();
-        assert_eq!(b["messages"][0]["content"].as_str().unwrap(), text, "{}", m.name);
-        assert_eq!(sent["headers"]["content-length"], sent["body_len"].to_string());
+        assert_eq!(b["messages"][0]["content"].as_str().unwrap(), text, "{kind}: the fallback got the whole body");
+        assert_eq!(b["model"], "model-second");
+        assert_eq!(sent["headers"]["authorization"], "Bearer key-second");
+        if let Some(first) = &first {
+            let tried = first.llm_requests();
+            assert_eq!(tried.len(), 3, "{kind}: the first instance was tried each time");
+            let b: serde_json::Value = serde_json::from_str(tried[2]["body"].as_str().unwrap()).unwrap();
+            assert_eq!(b["model"], "model-first", "{kind}: each attempt is rewritten for its own instance");
+            assert_eq!(b["messages"][0]["content"].as_str().unwrap(), text);
+        }
+        let lines = gw.log_lines(3);
+        assert!(lines.iter().all(|l| l.starts_with("200 second 2 ")), "{kind}: {lines:?}");
     }
 }
 
