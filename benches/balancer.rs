@@ -22,8 +22,12 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("balancer_100_instances_3_tiers");
 
     let rr = TieredBalancer::new(&m, Algorithm::RoundRobin);
-    g.bench_function("roundrobin_all_healthy", |b| b.iter(|| criterion::black_box(rr.pick(None, |_| true))));
-    g.bench_function("roundrobin_top_tier_down", |b| b.iter(|| criterion::black_box(rr.pick(None, top_tier_down))));
+    g.bench_function("roundrobin_all_healthy", |b| {
+        b.iter(|| criterion::black_box(rr.pick(None, |_| true)))
+    });
+    g.bench_function("roundrobin_top_tier_down", |b| {
+        b.iter(|| criterion::black_box(rr.pick(None, top_tier_down)))
+    });
 
     let ch = TieredBalancer::new(&m, Algorithm::Chash);
     let keys: Vec<String> = (0..1024).map(|i| format!("user-{i}")).collect();

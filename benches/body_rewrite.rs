@@ -21,7 +21,9 @@ fn chat_body(turns: usize, words_per_turn: usize, stream: bool) -> Bytes {
 
 fn bench(c: &mut Criterion) {
     let options = BodyOptions::from_map(
-        serde_json::json!({"model": "gpt-4o", "max_tokens": 512, "temperature": 1.0}).as_object().unwrap(),
+        serde_json::json!({"model": "gpt-4o", "max_tokens": 512, "temperature": 1.0})
+            .as_object()
+            .unwrap(),
     );
     let cases = [
         ("short_chat", chat_body(2, 20, false)),

@@ -46,15 +46,24 @@ fn routes() -> Vec<RouteEntry> {
     }
     // 100 routes with hosts and/or vars on the shared endpoints.
     for i in 0..100 {
-        let uri = if i % 2 == 0 { "/v1/chat/completions" } else { "/v1/embeddings" };
+        let uri = if i % 2 == 0 {
+            "/v1/chat/completions"
+        } else {
+            "/v1/embeddings"
+        };
         let mut e = entry(out.len(), uri.to_string());
         if i % 4 < 2 {
             e.hosts = vec![format!("tenant-{i}.example.com")];
         }
         let vars = match i % 3 {
             0 => Some(json!([["http_x_api_key", "==", format!("key-{i}")]])),
-            1 => Some(json!([["arg_model", "==", format!("model-{i}")], ["http_x_region", "~~", "^eu-"]])),
-            _ if e.hosts.is_empty() => Some(json!([["http_x_team", "in", [format!("t{i}"), "ops"]]])),
+            1 => Some(json!([
+                ["arg_model", "==", format!("model-{i}")],
+                ["http_x_region", "~~", "^eu-"]
+            ])),
+            _ if e.hosts.is_empty() => {
+                Some(json!([["http_x_team", "in", [format!("t{i}"), "ops"]]]))
+            }
             _ => None,
         };
         e.vars = vars.map(|v| Expr::compile(&v).expect("bench vars compile"));
@@ -73,7 +82,13 @@ struct Req {
 
 impl Req {
     fn new(method: &'static str, path: &'static str) -> Req {
-        Req { method, path, query: None, host: Some("api.example.com"), headers: HeaderMap::new() }
+        Req {
+            method,
+            path,
+            query: None,
+            host: Some("api.example.com"),
+            headers: HeaderMap::new(),
+        }
     }
 
     fn view(&self) -> RequestView<'_> {
@@ -97,17 +112,22 @@ fn bench(c: &mut Criterion) {
 
     let exact = Req::new("POST", "/v1/team-417/chat/completions");
     // Deepest prefix (/org-4/l1-204/l2-204/l3-204/l4-204/*) plus a tail.
-    let deep = Req::new("GET", "/org-4/l1-204/l2-204/l3-204/l4-204/models/gpt-4o/versions");
+    let deep = Req::new(
+        "GET",
+        "/org-4/l1-204/l2-204/l3-204/l4-204/models/gpt-4o/versions",
+    );
     // The 48th candidate on /v1/chat/completions; every earlier one is
     // checked (hosts and vars) and fails first.
     let mut vars = Req::new("POST", "/v1/chat/completions");
     vars.query = Some("model=model-94&stream=true");
-    vars.headers.insert("x-region", HeaderValue::from_static("eu-west-1"));
+    vars.headers
+        .insert("x-region", HeaderValue::from_static("eu-west-1"));
     let miss = Req::new("GET", "/nothing/here/at/all");
     // A host route: tenant-96 is the last hosted route on that uri.
     let mut host = Req::new("POST", "/v1/chat/completions");
     host.host = Some("Tenant-96.example.com:443");
-    host.headers.insert("x-api-key", HeaderValue::from_static("key-96"));
+    host.headers
+        .insert("x-api-key", HeaderValue::from_static("key-96"));
 
     // Sanity: the scenarios hit what they claim.
     assert_eq!(router.find(&exact.view()), Some(417));
@@ -118,13 +138,25 @@ fn bench(c: &mut Criterion) {
     assert_eq!(host_uri.find(&host.view()), Some(996));
 
     let mut g = c.benchmark_group("route_match");
-    g.bench_function("exact_hit", |b| b.iter(|| router.find(black_box(&exact.view()))));
-    g.bench_function("deep_prefix_hit", |b| b.iter(|| router.find(black_box(&deep.view()))));
-    g.bench_function("vars_hit", |b| b.iter(|| router.find(black_box(&vars.view()))));
+    g.bench_function("exact_hit", |b| {
+        b.iter(|| router.find(black_box(&exact.view())))
+    });
+    g.bench_function("deep_prefix_hit", |b| {
+        b.iter(|| router.find(black_box(&deep.view())))
+    });
+    g.bench_function("vars_hit", |b| {
+        b.iter(|| router.find(black_box(&vars.view())))
+    });
     g.bench_function("miss", |b| b.iter(|| router.find(black_box(&miss.view()))));
-    g.bench_function("host_vars_hit", |b| b.iter(|| router.find(black_box(&host.view()))));
-    g.bench_function("host_vars_hit_host_uri_mode", |b| b.iter(|| host_uri.find(black_box(&host.view()))));
-    g.bench_function("needs_body_exact", |b| b.iter(|| router.needs_body(black_box(&exact.view()))));
+    g.bench_function("host_vars_hit", |b| {
+        b.iter(|| router.find(black_box(&host.view())))
+    });
+    g.bench_function("host_vars_hit_host_uri_mode", |b| {
+        b.iter(|| host_uri.find(black_box(&host.view())))
+    });
+    g.bench_function("needs_body_exact", |b| {
+        b.iter(|| router.needs_body(black_box(&exact.view())))
+    });
     g.finish();
 }
 

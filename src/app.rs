@@ -29,8 +29,10 @@ pub fn prepare(path: &str) -> Result<Prepared, ConfigError> {
     // Any message below may quote a value that came from the environment (an API key put in the
     // wrong field): redact them all in one place.
     let secrets = loaded.secrets.clone();
-    let prepared = validate(loaded)
-        .map_err(|e| ConfigError { message: config::env::redact(&e.message, &secrets), ..e })?;
+    let prepared = validate(loaded).map_err(|e| ConfigError {
+        message: config::env::redact(&e.message, &secrets),
+        ..e
+    })?;
     // Every credential the config holds is scrubbed from the error log from now on, whatever
     // component (Pingora included) would print it. (Only credentials: other env values, such as a
     // listen address, are redacted from config errors but are useful in the error log.)
@@ -42,22 +44,39 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
     let gw = &loaded.file.gateway;
     let listen_list = gw.listen.to_vec();
     if listen_list.is_empty() {
-        return Err(ConfigError::new("gateway.listen", "at least one address is required"));
+        return Err(ConfigError::new(
+            "gateway.listen",
+            "at least one address is required",
+        ));
     }
     let mut listen = Vec::new();
     for (i, l) in listen_list.iter().enumerate() {
-        let path = if listen_list.len() == 1 { "gateway.listen".to_string() } else { format!("gateway.listen[{i}]") };
-        listen.push(l.parse::<SocketAddr>().map_err(|_| ConfigError::new(path, format!("{l:?} is not an ip:port address")))?);
+        let path = if listen_list.len() == 1 {
+            "gateway.listen".to_string()
+        } else {
+            format!("gateway.listen[{i}]")
+        };
+        listen.push(
+            l.parse::<SocketAddr>()
+                .map_err(|_| ConfigError::new(path, format!("{l:?} is not an ip:port address")))?,
+        );
     }
     if gw.max_body_size == 0 {
-        return Err(ConfigError::new("gateway.max_body_size", "must be greater than 0"));
+        return Err(ConfigError::new(
+            "gateway.max_body_size",
+            "must be greater than 0",
+        ));
     }
     Format::parse(gw.access_log.format.as_deref().unwrap_or(DEFAULT_FORMAT))
         .map_err(|m| ConfigError::new("gateway.access_log.format", m))?;
     if let Some(admin) = &gw.admin {
         if let Some(l) = &admin.listen {
-            l.parse::<SocketAddr>()
-                .map_err(|_| ConfigError::new("gateway.admin.listen", format!("{l:?} is not an ip:port address")))?;
+            l.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(
+                    "gateway.admin.listen",
+                    format!("{l:?} is not an ip:port address"),
+                )
+            })?;
         }
     }
     let snapshot = Snapshot::build(&loaded.file)?;
@@ -74,11 +93,20 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
 /// Start serving; returns only when the server shuts down.
 pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String> {
     let access_log = Arc::new(
-        AccessLog::new(&prepared.access_log_path, prepared.access_log_format.as_deref())
-            .map_err(|m| format!("gateway.access_log: {m}"))?,
+        AccessLog::new(
+            &prepared.access_log_path,
+            prepared.access_log_format.as_deref(),
+        )
+        .map_err(|m| format!("gateway.access_log: {m}"))?,
     );
     let pid_file = prepared.server_conf.pid_file.clone();
-    let opt = Opt { upgrade, daemon, nocapture: false, test: false, conf: None };
+    let opt = Opt {
+        upgrade,
+        daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
     let mut server = Server::new_with_opt_and_conf(opt, prepared.server_conf);
     server.bootstrap();
 
@@ -88,14 +116,24 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
         access_log: access_log.clone(),
         max_body_size: prepared.max_body_size,
     };
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "aigate data plane");
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        "aigate data plane",
+    );
     for addr in &prepared.listen {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
-    server.add_service(background_service("aigate access log", AccessLogService(access_log.clone())));
+    server.add_service(background_service(
+        "aigate access log",
+        AccessLogService(access_log.clone()),
+    ));
     // Active health probes of whatever config is live (ai-proxy-multi `checks.active`).
-    server.add_service(background_service("aigate health checks", HealthCheckService(store)));
+    server.add_service(background_service(
+        "aigate health checks",
+        HealthCheckService(store),
+    ));
 
     if !daemon {
         // Pingora writes the pid file only when it daemonizes; systemd uses -d, but tests and

@@ -12,7 +12,12 @@ use clap::Parser;
 #[command(name = "aigate", version, after_long_help = AFTER_HELP)]
 struct Cli {
     /// Config file (YAML). `${VAR}` and `${VAR:-default}` are replaced from the environment.
-    #[arg(short = 'c', long = "conf", value_name = "FILE", default_value = "conf/config.yaml")]
+    #[arg(
+        short = 'c',
+        long = "conf",
+        value_name = "FILE",
+        default_value = "conf/config.yaml"
+    )]
     conf: String,
 
     /// Check the config and exit: 0 if valid, else 1 with the offending field's path.
@@ -60,7 +65,14 @@ fn main() -> ExitCode {
             use std::io::Write;
             let msg = record.args().to_string();
             let msg = aigate::observability::redact::scrub(&msg);
-            writeln!(buf, "[{} {:<5} {}] {}", buf.timestamp(), record.level(), record.target(), msg)
+            writeln!(
+                buf,
+                "[{} {:<5} {}] {}",
+                buf.timestamp(),
+                record.level(),
+                record.target(),
+                msg
+            )
         })
         .init();
 
@@ -72,7 +84,11 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
-        println!("aigate: config {} is valid ({} routes)", cli.conf, prepared.snapshot.routes.len());
+        println!(
+            "aigate: config {} is valid ({} routes)",
+            cli.conf,
+            prepared.snapshot.routes.len()
+        );
         return ExitCode::SUCCESS;
     }
     match aigate::app::run(prepared, cli.upgrade, cli.daemon) {

@@ -62,7 +62,9 @@ impl PassiveHealth {
         if !(cooldown >= 0.0 && cooldown.is_finite()) {
             return Err("cooldown must be a number of seconds >= 0".into());
         }
-        let statuses = u.and_then(|u| u.http_statuses.clone()).unwrap_or_else(|| vec![429, 500, 502, 503, 504]);
+        let statuses = u
+            .and_then(|u| u.http_statuses.clone())
+            .unwrap_or_else(|| vec![429, 500, 502, 503, 504]);
         check_statuses(&statuses)?;
         Ok(PassiveHealth {
             unhealthy_statuses: statuses,
@@ -88,7 +90,10 @@ impl PassiveHealth {
         let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= threshold && !self.cooldown.is_zero() {
             self.consecutive.store(0, Ordering::Relaxed);
-            self.down_until_ms.store(now_ms() + self.cooldown.as_millis() as u64, Ordering::Relaxed);
+            self.down_until_ms.store(
+                now_ms() + self.cooldown.as_millis() as u64,
+                Ordering::Relaxed,
+            );
             return true;
         }
         false
@@ -168,7 +173,10 @@ impl ActiveProbe {
         let successes = healthy.successes.unwrap_or(2).max(1) as usize;
         let port = conf.port.unwrap_or(endpoint.port);
 
-        let discovery = Box::new(DnsDiscovery { host: endpoint.host.clone(), port });
+        let discovery = Box::new(DnsDiscovery {
+            host: endpoint.host.clone(),
+            port,
+        });
         let mut backends = Backends::new(discovery);
         match kind {
             "http" | "https" => {
@@ -186,15 +194,18 @@ impl ActiveProbe {
                 }
                 let mut req = RequestHeader::build("GET", path.as_bytes(), None)
                     .map_err(|_| "invalid http_path".to_string())?;
-                req.insert_header("Host", host.as_str()).map_err(|_| "invalid host".to_string())?;
-                req.insert_header("User-Agent", "aigate-health-check").map_err(|_| "invalid header".to_string())?;
+                req.insert_header("Host", host.as_str())
+                    .map_err(|_| "invalid host".to_string())?;
+                req.insert_header("User-Agent", "aigate-health-check")
+                    .map_err(|_| "invalid header".to_string())?;
                 for (k, v) in auth_headers {
-                    req.insert_header(k.clone(), v.clone()).map_err(|_| "invalid auth header".to_string())?;
+                    req.insert_header(k.clone(), v.clone())
+                        .map_err(|_| "invalid auth header".to_string())?;
                 }
                 for (i, h) in conf.req_headers.iter().flatten().enumerate() {
-                    let (k, v) = h
-                        .split_once(':')
-                        .ok_or_else(|| format!("req_headers[{i}] must look like \"Name: value\""))?;
+                    let (k, v) = h.split_once(':').ok_or_else(|| {
+                        format!("req_headers[{i}] must look like \"Name: value\"")
+                    })?;
                     req.append_header(k.trim().to_string(), v.trim())
                         .map_err(|_| format!("req_headers[{i}] is not a valid header"))?;
                 }
@@ -202,14 +213,22 @@ impl ActiveProbe {
                 hc.peer_template.options.connection_timeout = Some(timeout);
                 hc.peer_template.options.read_timeout = Some(timeout);
                 hc.peer_template.options.write_timeout = Some(timeout);
-                hc.peer_template.options.verify_cert = conf.https_verify_certificate.unwrap_or(true);
-                hc.peer_template.options.verify_hostname = conf.https_verify_certificate.unwrap_or(true);
+                hc.peer_template.options.verify_cert =
+                    conf.https_verify_certificate.unwrap_or(true);
+                hc.peer_template.options.verify_hostname =
+                    conf.https_verify_certificate.unwrap_or(true);
                 hc.consecutive_success = successes;
                 // Pingora counts failures of any kind against one threshold: a timed-out probe
                 // is a failure too, so the stricter of http_failures and timeouts applies.
-                let failures = unhealthy.http_failures.unwrap_or(5).min(unhealthy.timeouts.unwrap_or(u32::MAX));
+                let failures = unhealthy
+                    .http_failures
+                    .unwrap_or(5)
+                    .min(unhealthy.timeouts.unwrap_or(u32::MAX));
                 hc.consecutive_failure = failures.max(1) as usize;
-                let ok_statuses = healthy.http_statuses.clone().unwrap_or_else(|| vec![200, 302]);
+                let ok_statuses = healthy
+                    .http_statuses
+                    .clone()
+                    .unwrap_or_else(|| vec![200, 302]);
                 check_statuses(&ok_statuses)?;
                 // A probe passes only on a healthy status; `unhealthy.http_statuses` (checked for
                 // validity) name statuses that already fail by not being healthy ones.
@@ -231,7 +250,10 @@ impl ActiveProbe {
                 let mut hc = TcpHealthCheck::new();
                 hc.peer_template.options.connection_timeout = Some(timeout);
                 hc.consecutive_success = successes;
-                let failures = unhealthy.tcp_failures.unwrap_or(2).min(unhealthy.timeouts.unwrap_or(u32::MAX));
+                let failures = unhealthy
+                    .tcp_failures
+                    .unwrap_or(2)
+                    .min(unhealthy.timeouts.unwrap_or(u32::MAX));
                 hc.consecutive_failure = failures.max(1) as usize;
                 backends.set_health_check(hc);
             }
@@ -255,7 +277,10 @@ impl ActiveProbe {
     /// Start a probe round if one is due and none is running.
     fn claim(&self, now: u64) -> bool {
         now >= self.next_due_ms.load(Ordering::Relaxed)
-            && self.running.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            && self
+                .running
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// One round: refresh the address, probe, publish the result.
@@ -264,17 +289,30 @@ impl ActiveProbe {
             log::warn!("health check of instance {}: {e}", self.instance);
         }
         self.backends.run_health_check(false).await;
-        let ready = self.backends.get_backend().iter().next().is_some_and(|b| self.backends.ready(b));
+        let ready = self
+            .backends
+            .get_backend()
+            .iter()
+            .next()
+            .is_some_and(|b| self.backends.ready(b));
         let was = self.healthy.swap(ready, Ordering::Relaxed);
         if was != ready {
             if ready {
                 log::info!("instance {} is healthy again", self.instance);
             } else {
-                log::warn!("instance {} failed its health checks and leaves the pool", self.instance);
+                log::warn!(
+                    "instance {} failed its health checks and leaves the pool",
+                    self.instance
+                );
             }
         }
-        let interval = if ready { self.interval_healthy } else { self.interval_unhealthy };
-        self.next_due_ms.store(now_ms() + interval.as_millis() as u64, Ordering::Relaxed);
+        let interval = if ready {
+            self.interval_healthy
+        } else {
+            self.interval_unhealthy
+        };
+        self.next_due_ms
+            .store(now_ms() + interval.as_millis() as u64, Ordering::Relaxed);
         self.running.store(false, Ordering::Release);
     }
 }
@@ -324,7 +362,10 @@ mod tests {
         let p = PassiveHealth::new(None).unwrap();
         p.record(Outcome::ConnectFailure);
         assert!(p.record(Outcome::ConnectFailure));
-        let conf = PassiveCheckConf { cooldown: Some(0.0), ..Default::default() };
+        let conf = PassiveCheckConf {
+            cooldown: Some(0.0),
+            ..Default::default()
+        };
         let p = PassiveHealth::new(Some(&conf)).unwrap();
         for _ in 0..10 {
             p.record(Outcome::Timeout);
@@ -334,7 +375,10 @@ mod tests {
 
     #[test]
     fn passive_cooldown_ends() {
-        let conf = PassiveCheckConf { cooldown: Some(0.05), ..Default::default() };
+        let conf = PassiveCheckConf {
+            cooldown: Some(0.05),
+            ..Default::default()
+        };
         let p = PassiveHealth::new(Some(&conf)).unwrap();
         p.record(Outcome::ConnectFailure);
         p.record(Outcome::ConnectFailure);

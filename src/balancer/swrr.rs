@@ -16,8 +16,14 @@ impl SmoothWrr {
     /// examples use `weight: 0` everywhere to mean "no preference").
     pub fn new(weights: &[u32]) -> SmoothWrr {
         let all_zero = weights.iter().all(|w| *w == 0);
-        let weights: Vec<i64> = weights.iter().map(|w| if all_zero { 1 } else { *w as i64 }).collect();
-        SmoothWrr { current: Mutex::new(vec![0; weights.len()]), weights }
+        let weights: Vec<i64> = weights
+            .iter()
+            .map(|w| if all_zero { 1 } else { *w as i64 })
+            .collect();
+        SmoothWrr {
+            current: Mutex::new(vec![0; weights.len()]),
+            weights,
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -54,7 +54,10 @@ fn ring_id(name: &str) -> SocketAddr {
     };
     let hi = fnv(0xcbf2_9ce4_8422_2325);
     let lo = fnv(0x8422_2325_cbf2_9ce4);
-    SocketAddr::new(Ipv6Addr::from((u128::from(hi) << 64) | u128::from(lo)).into(), 1)
+    SocketAddr::new(
+        Ipv6Addr::from((u128::from(hi) << 64) | u128::from(lo)).into(),
+        1,
+    )
 }
 
 impl TieredBalancer {
@@ -65,7 +68,9 @@ impl TieredBalancer {
         let tiers = priorities
             .into_iter()
             .map(|priority| {
-                let idx: Vec<usize> = (0..members.len()).filter(|i| members[*i].priority == priority).collect();
+                let idx: Vec<usize> = (0..members.len())
+                    .filter(|i| members[*i].priority == priority)
+                    .collect();
                 let weights: Vec<u32> = idx.iter().map(|i| members[*i].weight).collect();
                 let ring = (algorithm == Algorithm::Chash).then(|| {
                     let all_zero = weights.iter().all(|w| *w == 0);
@@ -82,7 +87,12 @@ impl TieredBalancer {
                         .collect();
                     (Continuum::new(&buckets), ids)
                 });
-                Tier { priority, wrr: SmoothWrr::new(&weights), members: idx, ring }
+                Tier {
+                    priority,
+                    wrr: SmoothWrr::new(&weights),
+                    members: idx,
+                    ring,
+                }
             })
             .collect();
         TieredBalancer { tiers, algorithm }
@@ -117,7 +127,12 @@ impl TieredBalancer {
     }
 }
 
-fn pick_hashed(ring: &Continuum, ids: &[(SocketAddr, usize)], key: &[u8], usable: &impl Fn(usize) -> bool) -> Option<usize> {
+fn pick_hashed(
+    ring: &Continuum,
+    ids: &[(SocketAddr, usize)],
+    key: &[u8],
+    usable: &impl Fn(usize) -> bool,
+) -> Option<usize> {
     // The ring has many points per member; walking it from the key's point finds the next member
     // clockwise, which is what keeps a client on its instance while others come and go.
     let mut idx = ring.node_idx(key);
@@ -141,7 +156,13 @@ mod tests {
     use super::*;
 
     fn members(spec: &[(&str, i64, u32)]) -> Vec<Member> {
-        spec.iter().map(|(n, p, w)| Member { name: n.to_string(), priority: *p, weight: *w }).collect()
+        spec.iter()
+            .map(|(n, p, w)| Member {
+                name: n.to_string(),
+                priority: *p,
+                weight: *w,
+            })
+            .collect()
     }
 
     #[test]
@@ -156,7 +177,15 @@ mod tests {
 
     #[test]
     fn highest_priority_first_and_left_only_when_exhausted() {
-        let b = TieredBalancer::new(&members(&[("low", 0, 1), ("high1", 5, 1), ("high2", 5, 1), ("mid", 2, 1)]), Algorithm::RoundRobin);
+        let b = TieredBalancer::new(
+            &members(&[
+                ("low", 0, 1),
+                ("high1", 5, 1),
+                ("high2", 5, 1),
+                ("mid", 2, 1),
+            ]),
+            Algorithm::RoundRobin,
+        );
         assert_eq!(b.priorities(), vec![5, 2, 0]);
         for _ in 0..6 {
             assert!([1, 2].contains(&b.pick(None, |_| true).unwrap()));

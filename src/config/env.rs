@@ -13,7 +13,10 @@ pub struct Substituted {
     pub secrets: Vec<String>,
 }
 
-pub fn substitute(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Substituted, String> {
+pub fn substitute(
+    input: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Substituted, String> {
     let mut out = String::with_capacity(input.len());
     let mut secrets = Vec::new();
     let mut cache: HashMap<String, ()> = HashMap::new();
@@ -45,7 +48,10 @@ pub fn substitute(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Resul
                 None => (expr, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("line {}: invalid variable name in ${{{expr}}}", lineno + 1));
+                return Err(format!(
+                    "line {}: invalid variable name in ${{{expr}}}",
+                    lineno + 1
+                ));
             }
             match (lookup(name), default) {
                 (Some(v), _) => {
@@ -95,15 +101,30 @@ mod tests {
 
     #[test]
     fn substitutes_set_default_and_escape() {
-        let s = substitute("a: ${KEY}\nb: ${NOPE:-x}\nc: $${KEY}\nd: ${EMPTY:-y}\ne: $5\n", &env).unwrap();
+        let s = substitute(
+            "a: ${KEY}\nb: ${NOPE:-x}\nc: $${KEY}\nd: ${EMPTY:-y}\ne: $5\n",
+            &env,
+        )
+        .unwrap();
         assert_eq!(s.text, "a: sk-secret\nb: x\nc: ${KEY}\nd: \ne: $5\n");
-        assert_eq!(s.secrets, vec!["sk-secret".to_string(), "9080".to_string()].into_iter().take(1).collect::<Vec<_>>());
+        assert_eq!(
+            s.secrets,
+            vec!["sk-secret".to_string(), "9080".to_string()]
+                .into_iter()
+                .take(1)
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]
     fn unset_without_default_is_an_error_naming_the_variable() {
-        let e = substitute("x: 1\nkey: ${AIGATE_ADMIN_KEY}\n", &env).err().unwrap();
-        assert!(e.contains("line 2") && e.contains("AIGATE_ADMIN_KEY"), "{e}");
+        let e = substitute("x: 1\nkey: ${AIGATE_ADMIN_KEY}\n", &env)
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("line 2") && e.contains("AIGATE_ADMIN_KEY"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -114,6 +135,9 @@ mod tests {
 
     #[test]
     fn redacts_env_values() {
-        assert_eq!(redact("bad value sk-secret here", &["sk-secret".into()]), "bad value *** here");
+        assert_eq!(
+            redact("bad value sk-secret here", &["sk-secret".into()]),
+            "bad value *** here"
+        );
     }
 }

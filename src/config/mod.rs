@@ -20,7 +20,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), message: message.into() }
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -52,7 +55,10 @@ pub fn load_file(path: &str) -> Result<Loaded, ConfigError> {
 }
 
 /// Parse config text; `lookup` resolves `${VAR}` (the process environment in production).
-pub fn parse_str(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigError> {
+pub fn parse_str(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigError> {
     let sub = env::substitute(text, lookup).map_err(|m| ConfigError::new("", m))?;
     let secrets = sub.secrets;
     let redact = |e: ConfigError| ConfigError {
@@ -69,7 +75,11 @@ pub fn parse_str(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<
         }
     };
     let server = server_conf(file.server.as_ref()).map_err(redact)?;
-    Ok(Loaded { file, server, secrets })
+    Ok(Loaded {
+        file,
+        server,
+        secrets,
+    })
 }
 
 /// Pingora's `ServerConf` ignores unknown keys by design; aigate does not, so a typo such as
@@ -79,7 +89,10 @@ fn server_conf(raw: Option<&serde_yaml::Value>) -> Result<ServerConf, ConfigErro
         None | Some(serde_yaml::Value::Null) => ServerConf::default(),
         Some(v) => {
             let serde_yaml::Value::Mapping(map) = v else {
-                return Err(ConfigError::new("server", "must be a mapping of Pingora server settings"));
+                return Err(ConfigError::new(
+                    "server",
+                    "must be a mapping of Pingora server settings",
+                ));
             };
             let known = serde_yaml::to_value(ServerConf::default()).unwrap_or_default();
             if let serde_yaml::Value::Mapping(known) = known {
@@ -99,7 +112,8 @@ fn server_conf(raw: Option<&serde_yaml::Value>) -> Result<ServerConf, ConfigErro
         }
     };
     let was_set = |key: &str| {
-        raw.and_then(|v| v.as_mapping()).is_some_and(|m| m.contains_key(key))
+        raw.and_then(|v| v.as_mapping())
+            .is_some_and(|m| m.contains_key(key))
     };
     // Pingora sleeps the whole grace period on every shutdown (300 s by default). aigate's
     // defaults keep in-flight streams alive for a short while without making every restart slow.
@@ -125,12 +139,9 @@ mod tests {
 
     #[test]
     fn unknown_route_field_names_its_path() {
-        let e = parse_str(
-            "routes:\n  - id: r1\n    uri: /x\n    bogus: 1\n",
-            &no_env,
-        )
-        .err()
-        .unwrap();
+        let e = parse_str("routes:\n  - id: r1\n    uri: /x\n    bogus: 1\n", &no_env)
+            .err()
+            .unwrap();
         assert_eq!(e.path, "routes[0].bogus");
         assert!(e.message.contains("bogus"), "{e}");
     }
@@ -160,7 +171,9 @@ mod tests {
 
     #[test]
     fn unknown_server_key_is_an_error() {
-        let e = parse_str("server:\n  grace_period_second: 3\n", &no_env).err().unwrap();
+        let e = parse_str("server:\n  grace_period_second: 3\n", &no_env)
+            .err()
+            .unwrap();
         assert_eq!(e.path, "server.grace_period_second");
     }
 

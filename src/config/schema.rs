@@ -84,7 +84,10 @@ pub struct AccessLogConf {
 
 impl Default for AccessLogConf {
     fn default() -> Self {
-        AccessLogConf { path: default_access_log_path(), format: None }
+        AccessLogConf {
+            path: default_access_log_path(),
+            format: None,
+        }
     }
 }
 fn default_access_log_path() -> String {

@@ -28,6 +28,10 @@ pub(crate) mod test_util {
     }
 
     pub fn u(p: u64, c: u64, t: u64) -> Option<Usage> {
-        Some(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: t })
+        Some(Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            total_tokens: t,
+        })
     }
 }

@@ -50,17 +50,24 @@ pub struct BodyOptions {
 impl BodyOptions {
     pub fn from_map(map: &serde_json::Map<String, serde_json::Value>) -> BodyOptions {
         BodyOptions {
-            fields: map.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            fields: map
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
         }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The configured model, if any.
     pub fn model(&self) -> Option<String> {
-        self.get("model").and_then(|v| serde_json::from_str::<String>(v).ok())
+        self.get("model")
+            .and_then(|v| serde_json::from_str::<String>(v).ok())
     }
 }
 
@@ -103,7 +110,10 @@ impl LlmRequest {
             .into_iter()
             .map(|(k, v)| {
                 let start = v.get().as_ptr() as usize - base;
-                Field { key: k.into(), value: start..start + v.get().len() }
+                Field {
+                    key: k.into(),
+                    value: start..start + v.get().len(),
+                }
             })
             .collect();
         Ok(LlmRequest { body, fields })
@@ -125,7 +135,8 @@ impl LlmRequest {
     }
 
     pub fn model(&self) -> Option<String> {
-        self.raw("model").and_then(|v| serde_json::from_str::<String>(v).ok())
+        self.raw("model")
+            .and_then(|v| serde_json::from_str::<String>(v).ok())
     }
 
     pub fn stream(&self) -> bool {
@@ -161,7 +172,9 @@ impl LlmRequest {
         let stream_options = if stream {
             let base = opt("stream_options").or_else(|| self.raw("stream_options"));
             let mut map = base
-                .and_then(|v| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(v).ok())
+                .and_then(|v| {
+                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(v).ok()
+                })
                 .unwrap_or_default();
             map.insert("include_usage".into(), serde_json::Value::Bool(true));
             Some(serde_json::Value::Object(map).to_string())
@@ -172,7 +185,11 @@ impl LlmRequest {
         // is the gateway's business and is not forwarded.
         let usage_injected = stream && !self.client_asked_usage();
 
-        let extra: usize = options.fields.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        let extra: usize = options
+            .fields
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum();
         let mut out = BytesMut::with_capacity(self.body.len() + extra + 48);
         out.put_u8(b'{');
         let mut first = true;
@@ -196,7 +213,9 @@ impl LlmRequest {
             put(&mut out, key, &self.body[f.value.clone()]);
         }
         for (k, v) in &options.fields {
-            if (spec.drop_model && k == "model") || (stream_options.is_some() && k == "stream_options") {
+            if (spec.drop_model && k == "model")
+                || (stream_options.is_some() && k == "stream_options")
+            {
                 continue;
             }
             put(&mut out, k, v.as_bytes());
@@ -210,12 +229,20 @@ impl LlmRequest {
             Some(v) => serde_json::from_str::<String>(v).ok(),
             None => self.model(),
         };
-        Rewritten { body: out.freeze(), model, stream, usage_injected }
+        Rewritten {
+            body: out.freeze(),
+            model,
+            stream,
+            usage_injected,
+        }
     }
 
     /// The `input` of an embeddings call as a list of strings.
     pub fn embedding_inputs(&self) -> Vec<String> {
-        match self.raw("input").and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok()) {
+        match self
+            .raw("input")
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+        {
             Some(serde_json::Value::String(s)) => vec![s],
             Some(serde_json::Value::Array(items)) => items
                 .into_iter()
@@ -268,7 +295,11 @@ fn write_json_key(out: &mut BytesMut, key: &str) {
         out.extend_from_slice(key.as_bytes());
         out.put_u8(b'"');
     } else {
-        out.extend_from_slice(serde_json::Value::String(key.to_string()).to_string().as_bytes());
+        out.extend_from_slice(
+            serde_json::Value::String(key.to_string())
+                .to_string()
+                .as_bytes(),
+        );
     }
 }
 
@@ -332,20 +363,45 @@ mod tests {
 
     #[test]
     fn classifies_bad_bodies() {
-        assert_eq!(LlmRequest::parse(Bytes::new()).err(), Some(BodyError::Empty));
-        assert_eq!(LlmRequest::parse(Bytes::from_static(b"  \n")).err(), Some(BodyError::Empty));
-        assert_eq!(LlmRequest::parse(Bytes::from_static(b"[1]")).err(), Some(BodyError::NotObject));
-        assert_eq!(LlmRequest::parse(Bytes::from_static(b"\"x\"")).err(), Some(BodyError::NotObject));
-        assert_eq!(LlmRequest::parse(Bytes::from_static(b"42")).err(), Some(BodyError::NotObject));
-        assert!(matches!(LlmRequest::parse(Bytes::from_static(b"{\"a\":")), Err(BodyError::InvalidJson(_))));
-        assert!(matches!(LlmRequest::parse(Bytes::from_static(b"{} x")), Err(BodyError::InvalidJson(_))));
+        assert_eq!(
+            LlmRequest::parse(Bytes::new()).err(),
+            Some(BodyError::Empty)
+        );
+        assert_eq!(
+            LlmRequest::parse(Bytes::from_static(b"  \n")).err(),
+            Some(BodyError::Empty)
+        );
+        assert_eq!(
+            LlmRequest::parse(Bytes::from_static(b"[1]")).err(),
+            Some(BodyError::NotObject)
+        );
+        assert_eq!(
+            LlmRequest::parse(Bytes::from_static(b"\"x\"")).err(),
+            Some(BodyError::NotObject)
+        );
+        assert_eq!(
+            LlmRequest::parse(Bytes::from_static(b"42")).err(),
+            Some(BodyError::NotObject)
+        );
+        assert!(matches!(
+            LlmRequest::parse(Bytes::from_static(b"{\"a\":")),
+            Err(BodyError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            LlmRequest::parse(Bytes::from_static(b"{} x")),
+            Err(BodyError::InvalidJson(_))
+        ));
     }
 
     #[test]
     fn options_overwrite_client_fields() {
-        let r = req(r#"{"model":"client","messages":[{"role":"user","content":"hi"}],"temperature":0.2}"#);
+        let r = req(
+            r#"{"model":"client","messages":[{"role":"user","content":"hi"}],"temperature":0.2}"#,
+        );
         let opts = BodyOptions::from_map(
-            serde_json::json!({"model":"gpt-4","temperature":1.0,"max_tokens":512}).as_object().unwrap(),
+            serde_json::json!({"model":"gpt-4","temperature":1.0,"max_tokens":512})
+                .as_object()
+                .unwrap(),
         );
         let out = r.rewrite(&opts, RewriteSpec::default());
         let v = json(&out.body);
@@ -373,7 +429,8 @@ mod tests {
         assert_eq!(json(&out.body)["stream_options"]["include_usage"], true);
         assert!(out.stream && out.usage_injected);
 
-        let r = req(r#"{"messages":[],"stream":true,"stream_options":{"include_usage":true,"x":1}}"#);
+        let r =
+            req(r#"{"messages":[],"stream":true,"stream_options":{"include_usage":true,"x":1}}"#);
         let out = r.rewrite(&BodyOptions::default(), RewriteSpec::default());
         let v = json(&out.body);
         assert_eq!(v["stream_options"]["include_usage"], true);
@@ -399,7 +456,10 @@ mod tests {
     fn lookup_descends() {
         let r = req(r#"{"model":"gpt-4","metadata":{"team":{"id":7}},"tags":["a","b"]}"#);
         assert_eq!(r.lookup(&["model"]), Some(serde_json::json!("gpt-4")));
-        assert_eq!(r.lookup(&["metadata", "team", "id"]), Some(serde_json::json!(7)));
+        assert_eq!(
+            r.lookup(&["metadata", "team", "id"]),
+            Some(serde_json::json!(7))
+        );
         assert_eq!(r.lookup(&["tags", "1"]), Some(serde_json::json!("b")));
         assert_eq!(r.lookup(&["nope"]), None);
     }

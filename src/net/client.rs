@@ -39,7 +39,9 @@ pub enum ClientError {
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ClientError::Connect(m) | ClientError::Timeout(m) | ClientError::Io(m) => f.write_str(m),
+            ClientError::Connect(m) | ClientError::Timeout(m) | ClientError::Io(m) => {
+                f.write_str(m)
+            }
         }
     }
 }
@@ -54,8 +56,8 @@ fn classify(e: &pingora_error::Error, what: &str) -> ClientError {
     let msg = format!("{what}: {}", e.etype().as_str());
     match e.etype() {
         ConnectTimedout | ReadTimedout | WriteTimedout => ClientError::Timeout(msg),
-        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | TLSHandshakeFailure
-        | InvalidCert | TLSHandshakeTimedout => ClientError::Connect(msg),
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+        | TLSHandshakeFailure | InvalidCert | TLSHandshakeTimedout => ClientError::Connect(msg),
         _ => ClientError::Io(msg),
     }
 }
@@ -70,7 +72,9 @@ pub async fn send(
     timeout: Duration,
     verify_tls: bool,
 ) -> Result<Response, ClientError> {
-    let addr = resolve(&endpoint.host, endpoint.port).await.map_err(ClientError::Connect)?;
+    let addr = resolve(&endpoint.host, endpoint.port)
+        .await
+        .map_err(ClientError::Connect)?;
     let opts = PeerOptions {
         connect_timeout: timeout,
         read_timeout: timeout,
@@ -80,28 +84,49 @@ pub async fn send(
     };
     let peer = http_peer(addr, endpoint.tls, &endpoint.host, &opts);
     let what = endpoint.to_string();
-    let (mut session, _reused) =
-        connector().get_http_session(&peer).await.map_err(|e| classify(&e, &what))?;
+    let (mut session, _reused) = connector()
+        .get_http_session(&peer)
+        .await
+        .map_err(|e| classify(&e, &what))?;
     session.set_read_timeout(Some(timeout));
     session.set_write_timeout(Some(timeout));
 
     let mut req = RequestHeader::build(method, path_and_query.as_bytes(), None)
         .map_err(|e| ClientError::Io(format!("bad request for {what}: {e}")))?;
-    req.insert_header("Host", endpoint.authority()).map_err(|e| ClientError::Io(e.to_string()))?;
+    req.insert_header("Host", endpoint.authority())
+        .map_err(|e| ClientError::Io(e.to_string()))?;
     for (k, v) in headers {
-        req.append_header(k.clone(), v.clone()).map_err(|_| ClientError::Io(format!("invalid header {k}")))?;
+        req.append_header(k.clone(), v.clone())
+            .map_err(|_| ClientError::Io(format!("invalid header {k}")))?;
     }
-    req.insert_header("Content-Length", body.len().to_string()).map_err(|e| ClientError::Io(e.to_string()))?;
+    req.insert_header("Content-Length", body.len().to_string())
+        .map_err(|e| ClientError::Io(e.to_string()))?;
 
     let exchange = async {
-        session.write_request_header(Box::new(req)).await.map_err(|e| classify(&e, &what))?;
+        session
+            .write_request_header(Box::new(req))
+            .await
+            .map_err(|e| classify(&e, &what))?;
         if !body.is_empty() {
-            session.write_request_body(body, true).await.map_err(|e| classify(&e, &what))?;
+            session
+                .write_request_body(body, true)
+                .await
+                .map_err(|e| classify(&e, &what))?;
         }
-        session.finish_request_body().await.map_err(|e| classify(&e, &what))?;
-        session.read_response_header().await.map_err(|e| classify(&e, &what))?;
+        session
+            .finish_request_body()
+            .await
+            .map_err(|e| classify(&e, &what))?;
+        session
+            .read_response_header()
+            .await
+            .map_err(|e| classify(&e, &what))?;
         let mut buf = BytesMut::new();
-        while let Some(chunk) = session.read_response_body().await.map_err(|e| classify(&e, &what))? {
+        while let Some(chunk) = session
+            .read_response_body()
+            .await
+            .map_err(|e| classify(&e, &what))?
+        {
             if buf.len() + chunk.len() > MAX_RESPONSE {
                 return Err(ClientError::Io(format!("{what}: response too large")));
             }
@@ -111,11 +136,16 @@ pub async fn send(
             .response_header()
             .cloned()
             .ok_or_else(|| ClientError::Io(format!("{what}: no response header")))?;
-        Ok(Response { header, body: buf.freeze() })
+        Ok(Response {
+            header,
+            body: buf.freeze(),
+        })
     };
     match exchange.await {
         Ok(resp) => {
-            connector().release_http_session(session, &peer, peer.options.idle_timeout).await;
+            connector()
+                .release_http_session(session, &peer, peer.options.idle_timeout)
+                .await;
             Ok(resp)
         }
         Err(e) => {

@@ -18,7 +18,8 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let invalid = || format!("invalid endpoint \"{url}\": expected http(s)://host[:port][/path][?query]");
+        let invalid =
+            || format!("invalid endpoint \"{url}\": expected http(s)://host[:port][/path][?query]");
         let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
             (true, r)
         } else if let Some(r) = url.strip_prefix("http://") {
@@ -29,7 +30,10 @@ impl Endpoint {
         let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
         let authority = &rest[..auth_end];
         let tail = &rest[auth_end..];
-        if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
+        if authority.is_empty()
+            || authority.contains('@')
+            || authority.contains(char::is_whitespace)
+        {
             return Err(invalid());
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
@@ -50,12 +54,18 @@ impl Endpoint {
             }
         };
         if host.is_empty()
-            || !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
         {
             return Err(invalid());
         }
         let port = match port {
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(invalid)?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(invalid)?,
             None if tls => 443,
             None => 80,
         };
@@ -63,16 +73,34 @@ impl Endpoint {
             Some((p, q)) => (p, Some(q.to_string()).filter(|q| !q.is_empty())),
             None => (tail, None),
         };
-        if path.contains(char::is_whitespace) || query.as_deref().is_some_and(|q| q.contains(char::is_whitespace)) {
+        if path.contains(char::is_whitespace)
+            || query
+                .as_deref()
+                .is_some_and(|q| q.contains(char::is_whitespace))
+        {
             return Err(invalid());
         }
-        let path = if path.is_empty() { "/".to_string() } else { path.to_string() };
-        Ok(Endpoint { tls, host: host.to_ascii_lowercase(), port, path, query })
+        let path = if path.is_empty() {
+            "/".to_string()
+        } else {
+            path.to_string()
+        };
+        Ok(Endpoint {
+            tls,
+            host: host.to_ascii_lowercase(),
+            port,
+            path,
+            query,
+        })
     }
 
     /// The Host header value: the port is left out when it is the scheme's default.
     pub fn authority(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         if (self.tls && self.port == 443) || (!self.tls && self.port == 80) {
             host
         } else {
@@ -106,14 +134,23 @@ impl Endpoint {
 
     /// The same endpoint with another path (vertex-ai embeddings, OpenAI-style embeddings).
     pub fn with_path(&self, path: &str) -> Endpoint {
-        Endpoint { path: path.to_string(), ..self.clone() }
+        Endpoint {
+            path: path.to_string(),
+            ..self.clone()
+        }
     }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never prints the query: it may carry an API key (auth.query / Gemini's `key=`).
-        write!(f, "{}://{}{}", if self.tls { "https" } else { "http" }, self.authority(), self.path)
+        write!(
+            f,
+            "{}://{}{}",
+            if self.tls { "https" } else { "http" },
+            self.authority(),
+            self.path
+        )
     }
 }
 
@@ -141,9 +178,15 @@ mod tests {
         assert_eq!(e.port, 443);
         assert_eq!(e.path, "/openai/deployments/gpt-4/chat/completions");
         assert_eq!(e.query.as_deref(), Some("api-version=2024-02-15-preview"));
-        assert_eq!(e.path_and_query("key=a"), "/openai/deployments/gpt-4/chat/completions?api-version=2024-02-15-preview&key=a");
+        assert_eq!(
+            e.path_and_query("key=a"),
+            "/openai/deployments/gpt-4/chat/completions?api-version=2024-02-15-preview&key=a"
+        );
         let e = Endpoint::parse("http://127.0.0.1:8000").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.path.as_str()), ("127.0.0.1", 8000, "/"));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("127.0.0.1", 8000, "/")
+        );
         assert_eq!(e.authority(), "127.0.0.1:8000");
         let e = Endpoint::parse("http://[::1]:9/v1").unwrap();
         assert_eq!(e.host, "::1");
@@ -152,7 +195,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls() {
-        for bad in ["ftp://x", "http://", "https://:80/x", "http://a:b", "http://a:99999", "api.openai.com/v1", "http://u@h/", "http://a b/"] {
+        for bad in [
+            "ftp://x",
+            "http://",
+            "https://:80/x",
+            "http://a:b",
+            "http://a:99999",
+            "api.openai.com/v1",
+            "http://u@h/",
+            "http://a b/",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
     }

@@ -42,7 +42,11 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     if addrs.is_empty() {
         return Err(format!("cannot resolve {host}: no addresses"));
     }
-    let entry = Arc::new(Entry { addrs, expires: Instant::now() + TTL, next: AtomicUsize::new(0) });
+    let entry = Arc::new(Entry {
+        addrs,
+        expires: Instant::now() + TTL,
+        next: AtomicUsize::new(0),
+    });
     let addr = pick(&entry);
     if let Ok(mut c) = cache().write() {
         c.insert(key, entry);
@@ -61,8 +65,14 @@ mod tests {
 
     #[tokio::test]
     async fn ip_literals_and_localhost() {
-        assert_eq!(resolve("127.0.0.1", 80).await.unwrap(), "127.0.0.1:80".parse().unwrap());
-        assert_eq!(resolve("::1", 80).await.unwrap(), "[::1]:80".parse().unwrap());
+        assert_eq!(
+            resolve("127.0.0.1", 80).await.unwrap(),
+            "127.0.0.1:80".parse().unwrap()
+        );
+        assert_eq!(
+            resolve("::1", 80).await.unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
         assert!(resolve("localhost", 81).await.unwrap().ip().is_loopback());
         assert!(resolve("no-such-host.invalid", 80).await.is_err());
     }

@@ -176,7 +176,9 @@ impl Format {
             }
             let rest = &fmt[i + 1..];
             let (name, consumed) = if let Some(inner) = rest.strip_prefix('{') {
-                let end = inner.find('}').ok_or_else(|| format!("unterminated ${{ at offset {i}"))?;
+                let end = inner
+                    .find('}')
+                    .ok_or_else(|| format!("unterminated ${{ at offset {i}"))?;
                 (&inner[..end], end + 2)
             } else {
                 let end = rest
@@ -201,7 +203,11 @@ impl Format {
             segments.push(Segment::Lit(lit));
         }
         let has = |v: &Var| segments.iter().any(|s| s == &Segment::Var(v.clone()));
-        Ok(Format { has_summary: has(&Var::LlmSummary), has_payload: has(&Var::LlmPayload), segments })
+        Ok(Format {
+            has_summary: has(&Var::LlmSummary),
+            has_payload: has(&Var::LlmPayload),
+            segments,
+        })
     }
 
     pub fn render(&self, src: &dyn LogSource, out: &mut String) {
@@ -299,7 +305,11 @@ impl AccessLog {
         match tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                if self.dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(10_000) {
+                if self
+                    .dropped
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(10_000)
+                {
                     log::warn!("access log queue full; dropping lines (disk too slow?)");
                 }
             }
@@ -326,7 +336,9 @@ impl AccessLog {
 fn open_append(path: &str) -> Result<File, String> {
     if let Some(dir) = Path::new(path).parent() {
         if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create access log directory {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                format!("cannot create access log directory {}: {e}", dir.display())
+            })?;
         }
     }
     OpenOptions::new()
@@ -348,7 +360,9 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 impl BackgroundService for AccessLogService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let log = &self.0;
-        let Some(rx) = log.rx.lock().ok().and_then(|mut r| r.take()) else { return };
+        let Some(rx) = log.rx.lock().ok().and_then(|mut r| r.take()) else {
+            return;
+        };
         let target = match &log.target {
             Some(Target::Stdout) => None,
             Some(Target::File(p)) => Some(p.clone()),

@@ -25,7 +25,9 @@ pub fn set_secrets(mut secrets: Vec<String>) {
 }
 
 pub fn scrub(msg: &str) -> Cow<'_, str> {
-    let Some(secrets) = SECRETS.read().ok().and_then(|g| g.clone()) else { return Cow::Borrowed(msg) };
+    let Some(secrets) = SECRETS.read().ok().and_then(|g| g.clone()) else {
+        return Cow::Borrowed(msg);
+    };
     let mut out = Cow::Borrowed(msg);
     for s in secrets.iter() {
         if out.contains(s.as_str()) {
@@ -41,8 +43,15 @@ mod tests {
 
     #[test]
     fn scrubs_registered_secrets_only() {
-        set_secrets(vec!["sk-secret-123".into(), "short".into(), "Bearer sk-secret-123".into()]);
-        assert_eq!(scrub("uri: /v1?key=sk-secret-123 ok"), "uri: /v1?key=*** ok");
+        set_secrets(vec![
+            "sk-secret-123".into(),
+            "short".into(),
+            "Bearer sk-secret-123".into(),
+        ]);
+        assert_eq!(
+            scrub("uri: /v1?key=sk-secret-123 ok"),
+            "uri: /v1?key=*** ok"
+        );
         assert_eq!(scrub("auth Bearer sk-secret-123"), "auth ***");
         assert_eq!(scrub("short words stay"), "short words stay");
     }

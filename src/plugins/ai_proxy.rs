@@ -29,7 +29,10 @@ impl AiProxy {
                 ))
             }
             (None, None) => {
-                return Err(ConfigError::new(format!("{path}.provider"), "provider is required"))
+                return Err(ConfigError::new(
+                    format!("{path}.provider"),
+                    "provider is required",
+                ))
             }
         };
         let mut options = serde_json::Map::new();
@@ -59,6 +62,9 @@ impl AiProxy {
             logging: conf.logging,
         };
         let instance = LlmInstance::build(spec, path)?;
-        Ok(AiProxy { instance: Arc::new(instance), passthrough: conf.passthrough.unwrap_or(false) })
+        Ok(AiProxy {
+            instance: Arc::new(instance),
+            passthrough: conf.passthrough.unwrap_or(false),
+        })
     }
 }

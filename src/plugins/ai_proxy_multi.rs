@@ -63,17 +63,26 @@ impl AiProxyMulti {
     pub fn build(conf: &AiProxyMultiConf, path: &str) -> Result<AiProxyMulti, ConfigError> {
         let err = |f: &str, m: String| ConfigError::new(format!("{path}{f}"), m);
         if conf.instances.is_empty() {
-            return Err(err(".instances", "at least one instance is required".into()));
+            return Err(err(
+                ".instances",
+                "at least one instance is required".into(),
+            ));
         }
         let mut names = HashSet::new();
         let mut instances = Vec::with_capacity(conf.instances.len());
         for (i, c) in conf.instances.iter().enumerate() {
             let ipath = format!("{path}.instances[{i}]");
             if c.name.is_empty() {
-                return Err(ConfigError::new(format!("{ipath}.name"), "must not be empty"));
+                return Err(ConfigError::new(
+                    format!("{ipath}.name"),
+                    "must not be empty",
+                ));
             }
             if !names.insert(c.name.as_str()) {
-                return Err(ConfigError::new(format!("{ipath}.name"), format!("duplicate instance name {:?}", c.name)));
+                return Err(ConfigError::new(
+                    format!("{ipath}.name"),
+                    format!("duplicate instance name {:?}", c.name),
+                ));
             }
             let spec = InstanceSpec {
                 name: c.name.clone(),
@@ -92,8 +101,14 @@ impl AiProxyMulti {
             let checks = c.checks.as_ref();
             let active = match checks.and_then(|c| c.active.as_ref()) {
                 Some(a) => Some(Arc::new(
-                    ActiveProbe::new(&c.name, a, &llm.endpoint, &llm.auth_headers, &llm.auth_query)
-                        .map_err(|m| ConfigError::new(format!("{ipath}.checks.active"), m))?,
+                    ActiveProbe::new(
+                        &c.name,
+                        a,
+                        &llm.endpoint,
+                        &llm.auth_headers,
+                        &llm.auth_query,
+                    )
+                    .map_err(|m| ConfigError::new(format!("{ipath}.checks.active"), m))?,
                 )),
                 None => None,
             };
@@ -112,11 +127,19 @@ impl AiProxyMulti {
         let algorithm = match b.algorithm.as_deref() {
             None | Some("roundrobin") => Algorithm::RoundRobin,
             Some("chash") => Algorithm::Chash,
-            Some(other) => return Err(err(".balancer.algorithm", format!("must be roundrobin or chash, not {other:?}"))),
+            Some(other) => {
+                return Err(err(
+                    ".balancer.algorithm",
+                    format!("must be roundrobin or chash, not {other:?}"),
+                ))
+            }
         };
         let hash_on = match algorithm {
             Algorithm::RoundRobin => None,
-            Algorithm::Chash => Some(parse_hash_on(b.hash_on.as_deref(), b.key.as_deref()).map_err(|m| err(".balancer", m))?),
+            Algorithm::Chash => Some(
+                parse_hash_on(b.hash_on.as_deref(), b.key.as_deref())
+                    .map_err(|m| err(".balancer", m))?,
+            ),
         };
 
         let mut fallback_statuses = Box::new([false; 600]);
@@ -127,7 +150,11 @@ impl AiProxyMulti {
             Some(OneOrMany::Many(v)) => (v.clone(), true),
         };
         for (i, s) in strategies.iter().enumerate() {
-            let at = if listed { format!(".fallback_strategy[{i}]") } else { ".fallback_strategy".to_string() };
+            let at = if listed {
+                format!(".fallback_strategy[{i}]")
+            } else {
+                ".fallback_strategy".to_string()
+            };
             match s.as_str() {
                 "http_429" => fallback_statuses[429] = true,
                 "http_5xx" => fallback_statuses[500..600].iter_mut().for_each(|b| *b = true),
@@ -145,12 +172,18 @@ impl AiProxyMulti {
         }
         for (i, s) in conf.fallback_http_statuses.iter().flatten().enumerate() {
             if !(400..=599).contains(s) {
-                return Err(err(&format!(".fallback_http_statuses[{i}]"), format!("{s} is not a status between 400 and 599")));
+                return Err(err(
+                    &format!(".fallback_http_statuses[{i}]"),
+                    format!("{s} is not a status between 400 and 599"),
+                ));
             }
             fallback_statuses[*s as usize] = true;
         }
         if conf.retry_on_failure_within_ms == Some(0) {
-            return Err(err(".retry_on_failure_within_ms", "must be at least 1".into()));
+            return Err(err(
+                ".retry_on_failure_within_ms",
+                "must be at least 1".into(),
+            ));
         }
         let n = instances.len() as u32;
         let max_attempts = match conf.max_retries {
@@ -160,7 +193,11 @@ impl AiProxyMulti {
 
         let members: Vec<Member> = instances
             .iter()
-            .map(|i| Member { name: i.llm.name.clone(), priority: i.priority, weight: i.weight })
+            .map(|i| Member {
+                name: i.llm.name.clone(),
+                priority: i.priority,
+                weight: i.weight,
+            })
             .collect();
         Ok(AiProxyMulti {
             balancer: TieredBalancer::new(&members, algorithm),
@@ -200,12 +237,18 @@ impl AiProxyMulti {
     /// untried instance is unhealthy they are used anyway (better than failing outright).
     pub fn pick(&self, key: Option<&[u8]>, tried: &[bool]) -> Option<usize> {
         let untried = |i: usize| !tried.get(i).copied().unwrap_or(false);
-        let any_healthy = (0..self.instances.len()).any(|i| untried(i) && self.instances[i].healthy());
-        self.balancer.pick(key, |i| untried(i) && (!any_healthy || self.instances[i].healthy()))
+        let any_healthy =
+            (0..self.instances.len()).any(|i| untried(i) && self.instances[i].healthy());
+        self.balancer.pick(key, |i| {
+            untried(i) && (!any_healthy || self.instances[i].healthy())
+        })
     }
 
     pub fn falls_back_on(&self, status: u16) -> bool {
-        self.fallback_statuses.get(status as usize).copied().unwrap_or(false)
+        self.fallback_statuses
+            .get(status as usize)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Whether another attempt may be made after `attempts` attempts, `elapsed` into the request.
@@ -218,7 +261,10 @@ impl AiProxyMulti {
     pub fn record(&self, instance: usize, outcome: Outcome) {
         if let Some(i) = self.instances.get(instance) {
             if i.passive.record(outcome) {
-                log::warn!("instance {} failed repeatedly and is skipped for a cool-down", i.llm.name);
+                log::warn!(
+                    "instance {} failed repeatedly and is skipped for a cool-down",
+                    i.llm.name
+                );
             }
         }
     }
@@ -229,11 +275,20 @@ impl AiProxyMulti {
 }
 
 fn parse_hash_on(hash_on: Option<&str>, key: Option<&str>) -> Result<HashOn, String> {
-    let need_key = || key.filter(|k| !k.is_empty()).ok_or("chash needs balancer.key".to_string());
+    let need_key = || {
+        key.filter(|k| !k.is_empty())
+            .ok_or("chash needs balancer.key".to_string())
+    };
     match hash_on.unwrap_or("vars") {
         "vars" => Ok(HashOn::Var(Variable::parse(need_key()?)?)),
-        "header" => Ok(HashOn::Var(Variable::parse(&format!("http_{}", need_key()?.replace('-', "_")))?)),
-        "cookie" => Ok(HashOn::Var(Variable::parse(&format!("cookie_{}", need_key()?))?)),
+        "header" => Ok(HashOn::Var(Variable::parse(&format!(
+            "http_{}",
+            need_key()?.replace('-', "_")
+        ))?)),
+        "cookie" => Ok(HashOn::Var(Variable::parse(&format!(
+            "cookie_{}",
+            need_key()?
+        ))?)),
         "consumer" => Ok(HashOn::Consumer),
         "vars_combinations" => {
             let tpl = need_key()?;
@@ -255,6 +310,8 @@ fn parse_hash_on(hash_on: Option<&str>, key: Option<&str>) -> Result<HashOn, Str
             }
             Ok(HashOn::Combination(pieces))
         }
-        other => Err(format!("hash_on must be vars, header, cookie, consumer or vars_combinations, not {other:?}")),
+        other => Err(format!(
+            "hash_on must be vars, header, cookie, consumer or vars_combinations, not {other:?}"
+        )),
     }
 }

@@ -20,25 +20,42 @@ pub struct RoutePlugins {
 impl RoutePlugins {
     /// Compile one object's `plugins` (a route's or a service's); `path` is that object's path.
     pub fn compile(conf: Option<&PluginsConf>, path: &str) -> Result<RoutePlugins, ConfigError> {
-        let Some(conf) = conf else { return Ok(RoutePlugins::default()) };
+        let Some(conf) = conf else {
+            return Ok(RoutePlugins::default());
+        };
         let ai_proxy = match &conf.ai_proxy {
-            Some(c) => Some(Arc::new(ai_proxy::AiProxy::build(c, &format!("{path}.plugins.ai-proxy"))?)),
+            Some(c) => Some(Arc::new(ai_proxy::AiProxy::build(
+                c,
+                &format!("{path}.plugins.ai-proxy"),
+            )?)),
             None => None,
         };
         let ai_proxy_multi = match &conf.ai_proxy_multi {
-            Some(c) => Some(Arc::new(ai_proxy_multi::AiProxyMulti::build(c, &format!("{path}.plugins.ai-proxy-multi"))?)),
+            Some(c) => Some(Arc::new(ai_proxy_multi::AiProxyMulti::build(
+                c,
+                &format!("{path}.plugins.ai-proxy-multi"),
+            )?)),
             None => None,
         };
-        Ok(RoutePlugins { ai_proxy, ai_proxy_multi })
+        Ok(RoutePlugins {
+            ai_proxy,
+            ai_proxy_multi,
+        })
     }
 
     /// The route's plugins over its service's: the route wins plugin by plugin. Service plugins
     /// are shared (same runtime object, so one balancer state and one set of health probes for
     /// every route of the service).
-    pub fn over(self, service: &RoutePlugins, route_path: &str) -> Result<RoutePlugins, ConfigError> {
+    pub fn over(
+        self,
+        service: &RoutePlugins,
+        route_path: &str,
+    ) -> Result<RoutePlugins, ConfigError> {
         let merged = RoutePlugins {
             ai_proxy: self.ai_proxy.or_else(|| service.ai_proxy.clone()),
-            ai_proxy_multi: self.ai_proxy_multi.or_else(|| service.ai_proxy_multi.clone()),
+            ai_proxy_multi: self
+                .ai_proxy_multi
+                .or_else(|| service.ai_proxy_multi.clone()),
         };
         if merged.ai_proxy.is_some() && merged.ai_proxy_multi.is_some() {
             return Err(ConfigError::new(

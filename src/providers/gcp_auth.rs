@@ -63,7 +63,9 @@ pub struct GcpTokenSource {
 impl std::fmt::Debug for GcpTokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never prints the key or the token.
-        f.debug_struct("GcpTokenSource").field("client_email", &self.client_email).finish()
+        f.debug_struct("GcpTokenSource")
+            .field("client_email", &self.client_email)
+            .finish()
     }
 }
 
@@ -74,12 +76,20 @@ impl GcpTokenSource {
         let json = match &conf.service_account_json {
             Some(j) if !j.trim().is_empty() => j.clone(),
             _ => std::env::var("GCP_SERVICE_ACCOUNT").map_err(|_| {
-                "no service account: set service_account_json or env GCP_SERVICE_ACCOUNT".to_string()
+                "no service account: set service_account_json or env GCP_SERVICE_ACCOUNT"
+                    .to_string()
             })?,
         };
-        let sa: ServiceAccount = serde_json::from_str(&json)
-            .map_err(|e| format!("service_account_json is not a service account key file: {}", e.classify_msg()))?;
-        let token_uri = sa.token_uri.clone().unwrap_or_else(|| DEFAULT_TOKEN_URI.to_string());
+        let sa: ServiceAccount = serde_json::from_str(&json).map_err(|e| {
+            format!(
+                "service_account_json is not a service account key file: {}",
+                e.classify_msg()
+            )
+        })?;
+        let token_uri = sa
+            .token_uri
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TOKEN_URI.to_string());
         let expire_early = Duration::from_secs(conf.expire_early_secs.unwrap_or(60));
         let max_ttl = conf.max_ttl.map(Duration::from_secs);
         let registry_key = format!(
@@ -144,7 +154,10 @@ impl GcpTokenSource {
     }
 
     fn assertion(&self) -> Result<String, String> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let claims = Claims {
             iss: &self.client_email,
             scope: SCOPE,
@@ -154,7 +167,8 @@ impl GcpTokenSource {
         };
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = self.key_id.clone();
-        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| format!("signing the GCP JWT failed: {e}"))
+        jsonwebtoken::encode(&header, &claims, &self.key)
+            .map_err(|e| format!("signing the GCP JWT failed: {e}"))
     }
 
     async fn fetch(&self) -> Result<(String, Duration), String> {
@@ -168,15 +182,29 @@ impl GcpTokenSource {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/x-www-form-urlencoded"),
         )];
-        let resp = client::send(ep, "POST", &ep.path_and_query(""), &headers, Bytes::from(form), TOKEN_CALL_TIMEOUT, true)
-            .await
-            .map_err(|e| format!("GCP token request to {ep} failed: {e}"))?;
+        let resp = client::send(
+            ep,
+            "POST",
+            &ep.path_and_query(""),
+            &headers,
+            Bytes::from(form),
+            TOKEN_CALL_TIMEOUT,
+            true,
+        )
+        .await
+        .map_err(|e| format!("GCP token request to {ep} failed: {e}"))?;
         if resp.status() != 200 {
-            return Err(format!("GCP token endpoint {ep} answered {}", resp.status()));
+            return Err(format!(
+                "GCP token endpoint {ep} answered {}",
+                resp.status()
+            ));
         }
         let t: TokenResponse = serde_json::from_slice(&resp.body)
             .map_err(|_| format!("GCP token endpoint {ep} sent an unexpected answer"))?;
-        Ok((t.access_token, Duration::from_secs(t.expires_in.unwrap_or(3600))))
+        Ok((
+            t.access_token,
+            Duration::from_secs(t.expires_in.unwrap_or(3600)),
+        ))
     }
 }
 
@@ -189,7 +217,11 @@ impl ClassifyMsg for serde_json::Error {
     fn classify_msg(&self) -> String {
         match self.classify() {
             serde_json::error::Category::Data => "missing client_email or private_key".into(),
-            _ => format!("invalid JSON at line {} column {}", self.line(), self.column()),
+            _ => format!(
+                "invalid JSON at line {} column {}",
+                self.line(),
+                self.column()
+            ),
         }
     }
 }

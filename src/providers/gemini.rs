@@ -11,6 +11,8 @@ impl Provider for Gemini {
     }
 
     fn default_endpoint(&self, _conf: Option<&ProviderConf>) -> Result<Option<String>, String> {
-        Ok(Some("https://generativelanguage.googleapis.com/v1beta/openai/chat/completions".into()))
+        Ok(Some(
+            "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions".into(),
+        ))
     }
 }

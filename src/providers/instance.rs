@@ -76,13 +76,22 @@ impl LlmInstance {
         let err = |field: &str, msg: String| ConfigError::new(format!("{path}{field}"), msg);
 
         let (endpoint, overridden) = match spec.endpoint {
-            Some(url) => (Endpoint::parse(url).map_err(|m| err(".override.endpoint", m))?, true),
+            Some(url) => (
+                Endpoint::parse(url).map_err(|m| err(".override.endpoint", m))?,
+                true,
+            ),
             None => match drv.default_endpoint(spec.provider_conf) {
-                Ok(Some(url)) => (Endpoint::parse(&url).map_err(|m| err(".provider_conf", m))?, false),
+                Ok(Some(url)) => (
+                    Endpoint::parse(&url).map_err(|m| err(".provider_conf", m))?,
+                    false,
+                ),
                 Ok(None) => {
                     return Err(err(
                         ".override.endpoint",
-                        format!("provider {} has no default endpoint; override.endpoint is required", drv.name()),
+                        format!(
+                            "provider {} has no default endpoint; override.endpoint is required",
+                            drv.name()
+                        ),
                     ))
                 }
                 Err(m) => return Err(err(".provider_conf", m)),
@@ -92,24 +101,45 @@ impl LlmInstance {
         let mut auth_headers = Vec::new();
         for (k, v) in spec.auth.header.iter().flatten() {
             let field = format!(".auth.header.{k}");
-            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-                return Err(err(&field, "header names may only contain letters, digits, '.', '_' and '-'".into()));
+            if k.is_empty()
+                || !k
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err(err(
+                    &field,
+                    "header names may only contain letters, digits, '.', '_' and '-'".into(),
+                ));
             }
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| err(&field, "invalid header name".into()))?;
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| err(&field, "invalid header name".into()))?;
             let mut value = HeaderValue::from_str(v)
                 .map_err(|_| err(&field, "invalid header value (control characters?)".into()))?;
             value.set_sensitive(true);
             auth_headers.push((name, value));
         }
         let mut auth_query = String::new();
-        let mut credentials: Vec<String> = spec.auth.header.iter().flatten().map(|(_, v)| v.clone()).collect();
+        let mut credentials: Vec<String> = spec
+            .auth
+            .header
+            .iter()
+            .flatten()
+            .map(|(_, v)| v.clone())
+            .collect();
         for (k, v) in spec.auth.query.iter().flatten() {
             credentials.push(v.clone());
             let mut encoded = String::new();
             encode_query_component(v, &mut encoded);
             credentials.push(encoded);
-            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-                return Err(err(&format!(".auth.query.{k}"), "invalid query parameter name".into()));
+            if k.is_empty()
+                || !k
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err(err(
+                    &format!(".auth.query.{k}"),
+                    "invalid query parameter name".into(),
+                ));
             }
             if !auth_query.is_empty() {
                 auth_query.push('&');
@@ -129,7 +159,10 @@ impl LlmInstance {
         }
         let keepalive_timeout_ms = spec.keepalive_timeout_ms.unwrap_or(60_000);
         if keepalive_timeout_ms < 1000 {
-            return Err(err(".keepalive_timeout", "must be at least 1000 (milliseconds)".into()));
+            return Err(err(
+                ".keepalive_timeout",
+                "must be at least 1000 (milliseconds)".into(),
+            ));
         }
         let keepalive = spec.keepalive.unwrap_or(true);
         let timeout = Duration::from_millis(timeout_ms);
@@ -177,7 +210,10 @@ impl LlmInstance {
     /// endpoint go to the provider's embeddings endpoint, and Vertex AI embeddings to `:predict`.
     pub fn target(&self, req: &LlmRequest, model: Option<&str>) -> Result<Target, String> {
         if !req.is_embeddings() {
-            return Ok(Target { endpoint: self.endpoint.clone(), vertex_predict: false });
+            return Ok(Target {
+                endpoint: self.endpoint.clone(),
+                vertex_predict: false,
+            });
         }
         if self.driver.embeddings_via_predict() {
             let endpoint = if self.endpoint_overridden {
@@ -186,13 +222,21 @@ impl LlmInstance {
                 let model = model.ok_or("an embeddings request to vertex-ai needs a model")?;
                 vertex_ai::predict_endpoint(self.provider_conf.as_ref(), model)?
             };
-            return Ok(Target { endpoint, vertex_predict: true });
+            return Ok(Target {
+                endpoint,
+                vertex_predict: true,
+            });
         }
         let endpoint = if self.endpoint_overridden {
             self.endpoint.clone()
         } else {
-            self.driver.default_embeddings_endpoint(&self.endpoint).unwrap_or_else(|| self.endpoint.clone())
+            self.driver
+                .default_embeddings_endpoint(&self.endpoint)
+                .unwrap_or_else(|| self.endpoint.clone())
         };
-        Ok(Target { endpoint, vertex_predict: false })
+        Ok(Target {
+            endpoint,
+            vertex_predict: false,
+        })
     }
 }

@@ -69,31 +69,61 @@ mod tests {
     #[test]
     fn default_endpoints() {
         let cases = [
-            (ProviderName::OpenAi, Some("https://api.openai.com/v1/chat/completions")),
-            (ProviderName::DeepSeek, Some("https://api.deepseek.com/chat/completions")),
-            (ProviderName::AimlApi, Some("https://api.aimlapi.com/chat/completions")),
-            (ProviderName::Anthropic, Some("https://api.anthropic.com/v1/chat/completions")),
-            (ProviderName::Gemini, Some("https://generativelanguage.googleapis.com/v1beta/openai/chat/completions")),
-            (ProviderName::OpenRouter, Some("https://openrouter.ai/api/v1/chat/completions")),
+            (
+                ProviderName::OpenAi,
+                Some("https://api.openai.com/v1/chat/completions"),
+            ),
+            (
+                ProviderName::DeepSeek,
+                Some("https://api.deepseek.com/chat/completions"),
+            ),
+            (
+                ProviderName::AimlApi,
+                Some("https://api.aimlapi.com/chat/completions"),
+            ),
+            (
+                ProviderName::Anthropic,
+                Some("https://api.anthropic.com/v1/chat/completions"),
+            ),
+            (
+                ProviderName::Gemini,
+                Some("https://generativelanguage.googleapis.com/v1beta/openai/chat/completions"),
+            ),
+            (
+                ProviderName::OpenRouter,
+                Some("https://openrouter.ai/api/v1/chat/completions"),
+            ),
             (ProviderName::AzureOpenAi, None),
             (ProviderName::OpenAiCompatible, None),
         ];
         for (p, want) in cases {
-            assert_eq!(driver(p).default_endpoint(None).unwrap().as_deref(), want, "{}", driver(p).name());
+            assert_eq!(
+                driver(p).default_endpoint(None).unwrap().as_deref(),
+                want,
+                "{}",
+                driver(p).name()
+            );
         }
-        let conf = ProviderConf { project_id: Some("p1".into()), region: Some("us-central1".into()) };
+        let conf = ProviderConf {
+            project_id: Some("p1".into()),
+            region: Some("us-central1".into()),
+        };
         assert_eq!(
             driver(ProviderName::VertexAi).default_endpoint(Some(&conf)).unwrap().as_deref(),
             Some("https://us-central1-aiplatform.googleapis.com/v1beta1/projects/p1/locations/us-central1/endpoints/openapi/chat/completions")
         );
-        assert!(driver(ProviderName::VertexAi).default_endpoint(None).is_err());
+        assert!(driver(ProviderName::VertexAi)
+            .default_endpoint(None)
+            .is_err());
         assert!(driver(ProviderName::AzureOpenAi).drops_model());
     }
 
     #[test]
     fn embeddings_sit_next_to_chat() {
         let chat = Endpoint::parse("https://api.openai.com/v1/chat/completions").unwrap();
-        let e = driver(ProviderName::OpenAi).default_embeddings_endpoint(&chat).unwrap();
+        let e = driver(ProviderName::OpenAi)
+            .default_embeddings_endpoint(&chat)
+            .unwrap();
         assert_eq!(e.path, "/v1/embeddings");
     }
 }

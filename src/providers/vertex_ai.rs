@@ -33,7 +33,8 @@ impl Provider for VertexAi {
 }
 
 fn project_region(conf: Option<&ProviderConf>) -> Result<(&str, &str), String> {
-    let conf = conf.ok_or("vertex-ai needs provider_conf {project_id, region} or override.endpoint")?;
+    let conf =
+        conf.ok_or("vertex-ai needs provider_conf {project_id, region} or override.endpoint")?;
     match (conf.project_id.as_deref(), conf.region.as_deref()) {
         (Some(p), Some(r)) if !p.is_empty() && !r.is_empty() => Ok((p, r)),
         _ => Err("vertex-ai provider_conf needs both project_id and region".into()),
@@ -52,8 +53,10 @@ pub fn predict_endpoint(conf: Option<&ProviderConf>, model: &str) -> Result<Endp
 
 /// OpenAI embeddings input → Vertex predict request.
 pub fn predict_body(inputs: &[String]) -> Bytes {
-    let instances: Vec<serde_json::Value> =
-        inputs.iter().map(|c| serde_json::json!({ "content": c })).collect();
+    let instances: Vec<serde_json::Value> = inputs
+        .iter()
+        .map(|c| serde_json::json!({ "content": c }))
+        .collect();
     Bytes::from(serde_json::json!({ "instances": instances }).to_string())
 }
 
@@ -80,15 +83,19 @@ struct Statistics {
 
 /// Vertex predict answer → OpenAI embeddings answer, plus the token count.
 pub fn embeddings_from_predict(body: &[u8], model: &str) -> Result<(Bytes, u64), String> {
-    let resp: PredictResponse =
-        serde_json::from_slice(body).map_err(|e| format!("unexpected Vertex AI predict answer: {e}"))?;
+    let resp: PredictResponse = serde_json::from_slice(body)
+        .map_err(|e| format!("unexpected Vertex AI predict answer: {e}"))?;
     let mut tokens = 0u64;
     let data: Vec<serde_json::Value> = resp
         .predictions
         .into_iter()
         .enumerate()
         .map(|(i, p)| {
-            tokens += p.embeddings.statistics.map(|s| s.token_count as u64).unwrap_or(0);
+            tokens += p
+                .embeddings
+                .statistics
+                .map(|s| s.token_count as u64)
+                .unwrap_or(0);
             serde_json::json!({"object": "embedding", "index": i, "embedding": p.embeddings.values})
         })
         .collect();
@@ -107,7 +114,10 @@ mod tests {
 
     #[test]
     fn predict_round_trip() {
-        let conf = ProviderConf { project_id: Some("p".into()), region: Some("europe-west4".into()) };
+        let conf = ProviderConf {
+            project_id: Some("p".into()),
+            region: Some("europe-west4".into()),
+        };
         let e = predict_endpoint(Some(&conf), "text-embedding-005").unwrap();
         assert_eq!(e.host, "europe-west4-aiplatform.googleapis.com");
         assert_eq!(e.path, "/v1/projects/p/locations/europe-west4/publishers/google/models/text-embedding-005:predict");

@@ -20,8 +20,18 @@ pub struct GatewayError {
 }
 
 impl GatewayError {
-    pub fn new(status: u16, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        GatewayError { status, kind, code, message: message.into() }
+    pub fn new(
+        status: u16,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        GatewayError {
+            status,
+            kind,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -29,11 +39,21 @@ impl GatewayError {
     }
 
     pub fn not_found() -> Self {
-        Self::new(404, "invalid_request_error", "route_not_found", "no route matches this request")
+        Self::new(
+            404,
+            "invalid_request_error",
+            "route_not_found",
+            "no route matches this request",
+        )
     }
 
     pub fn too_large(limit: u64) -> Self {
-        Self::new(413, "invalid_request_error", "request_too_large", format!("request body exceeds the {limit} byte limit"))
+        Self::new(
+            413,
+            "invalid_request_error",
+            "request_too_large",
+            format!("request body exceeds the {limit} byte limit"),
+        )
     }
 
     pub fn bad_gateway(code: &'static str, message: impl Into<String>) -> Self {
@@ -66,13 +86,19 @@ impl GatewayError {
 /// one left to tell.
 pub async fn respond(session: &mut Session, request_id: &str, err: &GatewayError) {
     let body = err.body();
-    let Ok(mut resp) = ResponseHeader::build(err.status, Some(4)) else { return };
+    let Ok(mut resp) = ResponseHeader::build(err.status, Some(4)) else {
+        return;
+    };
     let _ = resp.insert_header("Content-Type", "application/json");
     let _ = resp.insert_header("Content-Length", body.len().to_string());
     if !request_id.is_empty() {
         let _ = resp.insert_header("X-Request-Id", request_id);
     }
-    if session.write_response_header(Box::new(resp), false).await.is_ok() {
+    if session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_ok()
+    {
         let _ = session.write_response_body(Some(body), true).await;
     }
 }
@@ -85,26 +111,50 @@ pub fn classify(e: &Error, timeout_ms: Option<u64>) -> Option<GatewayError> {
         let message = e.context.as_ref().map(|c| c.as_str());
         let code = *code;
         return Some(match code {
-            502 => GatewayError::bad_gateway("upstream_error", message.unwrap_or("upstream failed")),
+            502 => {
+                GatewayError::bad_gateway("upstream_error", message.unwrap_or("upstream failed"))
+            }
             504 => GatewayError::timeout(message.unwrap_or("upstream timed out")),
-            _ => GatewayError::new(code, "api_error", "gateway_error", message.unwrap_or("request failed")),
+            _ => GatewayError::new(
+                code,
+                "api_error",
+                "gateway_error",
+                message.unwrap_or("request failed"),
+            ),
         });
     }
-    let after = timeout_ms.map(|t| format!(" after {t} ms")).unwrap_or_default();
+    let after = timeout_ms
+        .map(|t| format!(" after {t} ms"))
+        .unwrap_or_default();
     match e.esource() {
         ErrorSource::Downstream => None,
         ErrorSource::Upstream => Some(match e.etype() {
-            ConnectTimedout | TLSHandshakeTimedout => GatewayError::timeout(format!("connecting to the provider timed out{after}")),
-            ReadTimedout => GatewayError::timeout(format!("the provider did not answer in time{after}")),
-            WriteTimedout => GatewayError::timeout(format!("sending the request to the provider timed out{after}")),
-            ConnectRefused => GatewayError::bad_gateway("upstream_unreachable", "the provider refused the connection"),
+            ConnectTimedout | TLSHandshakeTimedout => {
+                GatewayError::timeout(format!("connecting to the provider timed out{after}"))
+            }
+            ReadTimedout => {
+                GatewayError::timeout(format!("the provider did not answer in time{after}"))
+            }
+            WriteTimedout => GatewayError::timeout(format!(
+                "sending the request to the provider timed out{after}"
+            )),
+            ConnectRefused => GatewayError::bad_gateway(
+                "upstream_unreachable",
+                "the provider refused the connection",
+            ),
             ConnectNoRoute | ConnectError | ConnectProxyFailure | BindError | SocketError => {
-                GatewayError::bad_gateway("upstream_unreachable", "could not connect to the provider")
+                GatewayError::bad_gateway(
+                    "upstream_unreachable",
+                    "could not connect to the provider",
+                )
             }
-            TLSHandshakeFailure | InvalidCert | TLSWantX509Lookup => {
-                GatewayError::bad_gateway("upstream_tls_error", "TLS handshake with the provider failed")
+            TLSHandshakeFailure | InvalidCert | TLSWantX509Lookup => GatewayError::bad_gateway(
+                "upstream_tls_error",
+                "TLS handshake with the provider failed",
+            ),
+            ConnectionClosed => {
+                GatewayError::bad_gateway("upstream_closed", "the provider closed the connection")
             }
-            ConnectionClosed => GatewayError::bad_gateway("upstream_closed", "the provider closed the connection"),
             _ => GatewayError::bad_gateway("upstream_error", "invalid response from the provider"),
         }),
         _ => Some(GatewayError::internal("internal gateway error")),

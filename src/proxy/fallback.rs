@@ -25,7 +25,10 @@ pub fn on_status(status: u16, ctx: &mut RequestCtx) -> Option<Box<Error>> {
     if !m.falls_back_on(status) || !m.may_retry(llm.attempts, elapsed, &llm.tried) {
         return None;
     }
-    let msg = format!("instance {} answered {status}, falling back", m.instances[idx].llm.name);
+    let msg = format!(
+        "instance {} answered {status}, falling back",
+        m.instances[idx].llm.name
+    );
     log::info!("{msg} (request {request_id})");
     let mut e = Error::explain(ErrorType::HTTPStatus(status), msg);
     e.set_retry(true);
@@ -34,16 +37,22 @@ pub fn on_status(status: u16, ctx: &mut RequestCtx) -> Option<Box<Error>> {
 
 fn outcome_of(e: &Error) -> Outcome {
     match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::TLSHandshakeTimedout => {
-            Outcome::Timeout
-        }
+        ErrorType::ConnectTimedout
+        | ErrorType::ReadTimedout
+        | ErrorType::WriteTimedout
+        | ErrorType::TLSHandshakeTimedout => Outcome::Timeout,
         _ => Outcome::ConnectFailure,
     }
 }
 
 /// `fail_to_connect` and `error_while_proxy`: decide whether the request goes to another
 /// instance. `client_reused`: the failed upstream connection came from the pool.
-pub fn on_transport_error(session: &Session, mut e: Box<Error>, ctx: &mut RequestCtx, client_reused: bool) -> Box<Error> {
+pub fn on_transport_error(
+    session: &Session,
+    mut e: Box<Error>,
+    ctx: &mut RequestCtx,
+    client_reused: bool,
+) -> Box<Error> {
     if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
         return e; // a fallback status: already decided in `on_status`
     }
@@ -65,7 +74,11 @@ pub fn on_transport_error(session: &Session, mut e: Box<Error>, ctx: &mut Reques
                     m.record(idx, outcome_of(&e));
                     let retry = !answered && m.may_retry(llm.attempts, elapsed, &llm.tried);
                     if retry {
-                        log::info!("instance {} failed ({}), falling back", m.instances[idx].llm.name, e.etype().as_str());
+                        log::info!(
+                            "instance {} failed ({}), falling back",
+                            m.instances[idx].llm.name,
+                            e.etype().as_str()
+                        );
                     }
                     retry
                 }

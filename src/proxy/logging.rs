@@ -9,7 +9,16 @@ use super::ctx::RequestCtx;
 use crate::observability::access_log::{LogSource, Var};
 
 /// Query parameters whose values are credentials (key-auth's `apikey`, Gemini's `key`, ...).
-const SENSITIVE_ARGS: &[&str] = &["key", "apikey", "api_key", "api-key", "access_token", "token", "sig", "signature"];
+const SENSITIVE_ARGS: &[&str] = &[
+    "key",
+    "apikey",
+    "api_key",
+    "api-key",
+    "access_token",
+    "token",
+    "sig",
+    "signature",
+];
 
 pub struct LogView<'a> {
     pub session: &'a Session,
@@ -118,7 +127,11 @@ impl LogSource for LogView<'_> {
                 let _ = write!(out, "{:?}", req.version);
             }
             Var::Host => {
-                if let Some(h) = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()) {
+                if let Some(h) = req
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                {
                     out.push_str(h);
                 }
             }
@@ -234,7 +247,9 @@ impl LogSource for LogView<'_> {
                 out.push_str(&v.to_string());
             }
             Var::Header(name) => {
-                let Some(v) = req.headers.get(name.as_str()) else { return };
+                let Some(v) = req.headers.get(name.as_str()) else {
+                    return;
+                };
                 if Var::is_sensitive_header(name) {
                     out.push_str("[REDACTED]");
                 } else {
@@ -259,11 +274,17 @@ impl LogSource for LogView<'_> {
     }
 
     fn wants_summary(&self) -> bool {
-        self.ctx.llm.as_ref().is_some_and(|l| l.instance.logging.summaries)
+        self.ctx
+            .llm
+            .as_ref()
+            .is_some_and(|l| l.instance.logging.summaries)
     }
 
     fn wants_payload(&self) -> bool {
-        self.ctx.llm.as_ref().is_some_and(|l| l.instance.logging.payloads)
+        self.ctx
+            .llm
+            .as_ref()
+            .is_some_and(|l| l.instance.logging.payloads)
     }
 }
 

@@ -44,8 +44,16 @@ impl ProxyHttp for Gateway {
         RequestCtx::new()
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        let given = session.req_header().headers.get("x-request-id").map(|v| v.as_bytes());
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let given = session
+            .req_header()
+            .headers
+            .get("x-request-id")
+            .map(|v| v.as_bytes());
         ctx.request_id = request_id::from_client(given).unwrap_or_else(request_id::generate);
         Ok(())
     }
@@ -77,7 +85,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         outbound::select_peer(ctx).await.map_err(|e| {
             let pe = e.to_pingora();
             ctx.error = Some(e);
@@ -91,11 +103,13 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        outbound::shape_request(session, upstream_request, ctx).await.map_err(|e| {
-            let pe = e.to_pingora();
-            ctx.error = Some(e);
-            pe
-        })
+        outbound::shape_request(session, upstream_request, ctx)
+            .await
+            .map_err(|e| {
+                let pe = e.to_pingora();
+                ctx.error = Some(e);
+                pe
+            })
     }
 
     async fn request_body_filter(
@@ -122,7 +136,13 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
         fallback::on_transport_error(session, e, ctx, false)
     }
 
@@ -159,11 +179,19 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         match outbound::classify_failure(e, ctx) {
             None => {
                 ctx.client_gone = true;
-                FailToProxy { error_code: 0, can_reuse_downstream: false }
+                FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                }
             }
             Some(err) => {
                 let code = err.status;
@@ -173,7 +201,10 @@ impl ProxyHttp for Gateway {
                     errors::respond(session, &ctx.request_id, &err).await;
                 }
                 ctx.error = Some(err);
-                FailToProxy { error_code: code, can_reuse_downstream: fresh }
+                FailToProxy {
+                    error_code: code,
+                    can_reuse_downstream: fresh,
+                }
             }
         }
     }
@@ -185,7 +216,11 @@ impl ProxyHttp for Gateway {
         }
         response::settle_usage(ctx);
         if self.access_log.enabled() {
-            let view = logging::LogView { session, ctx, now: Instant::now() };
+            let view = logging::LogView {
+                session,
+                ctx,
+                now: Instant::now(),
+            };
             self.access_log.log(&view);
         }
     }
@@ -216,7 +251,11 @@ impl ProxyHttp for Gateway {
     fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
         // Pingora puts this in its error log; the query can carry a credential, so it is left out.
         let req = session.req_header();
-        let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
         format!("{} {}, Host: {host}", req.method, req.uri.path())
     }
 }

@@ -51,7 +51,12 @@ pub fn prepare_attempt(llm: &mut LlmCall) -> Result<(), GatewayError> {
     llm.response_model = None;
     llm.tap = super::ctx::ResponseTap::None;
     let inst = llm.instance.clone();
-    let rw = llm.request.rewrite(&inst.options, RewriteSpec { drop_model: inst.driver.drops_model() });
+    let rw = llm.request.rewrite(
+        &inst.options,
+        RewriteSpec {
+            drop_model: inst.driver.drops_model(),
+        },
+    );
     let target = inst
         .target(&llm.request, rw.model.as_deref())
         .map_err(|m| GatewayError::bad_request("invalid_request", m))?;
@@ -77,10 +82,14 @@ async fn auth_headers(llm: &LlmCall) -> Result<Vec<(HeaderName, HeaderValue)>, G
     if let Some(gcp) = &inst.gcp {
         let token = gcp.token().await.map_err(|m| {
             log::warn!("instance {}: {m}", inst.name);
-            GatewayError::bad_gateway("upstream_auth_error", "could not obtain a GCP access token for the provider")
+            GatewayError::bad_gateway(
+                "upstream_auth_error",
+                "could not obtain a GCP access token for the provider",
+            )
         })?;
-        let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| GatewayError::bad_gateway("upstream_auth_error", "invalid GCP access token"))?;
+        let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            GatewayError::bad_gateway("upstream_auth_error", "invalid GCP access token")
+        })?;
         v.set_sensitive(true);
         headers.push((http::header::AUTHORIZATION, v));
     }
@@ -89,7 +98,10 @@ async fn auth_headers(llm: &LlmCall) -> Result<Vec<(HeaderName, HeaderValue)>, G
 
 /// `upstream_peer`: where this attempt goes.
 pub async fn select_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayError> {
-    let to_llm = ctx.llm.as_ref().is_some_and(|l| l.passthrough_body.is_none());
+    let to_llm = ctx
+        .llm
+        .as_ref()
+        .is_some_and(|l| l.passthrough_body.is_none());
     let peer = if to_llm {
         let llm = ctx.llm.as_mut().expect("checked");
         prepare_attempt(llm)?;
@@ -101,7 +113,10 @@ pub async fn select_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayE
         ctx.upstream_addr = Some(addr);
         http_peer(addr, ep.tls, &ep.host, &llm.instance.peer)
     } else {
-        let route = ctx.route.as_ref().ok_or_else(|| GatewayError::internal("no route"))?;
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| GatewayError::internal("no route"))?;
         let up = route
             .upstream
             .as_ref()
@@ -119,51 +134,101 @@ pub async fn select_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayE
 }
 
 /// `upstream_request_filter`: the request line and headers the upstream gets.
-pub async fn shape_request(session: &Session, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+pub async fn shape_request(
+    session: &Session,
+    req: &mut RequestHeader,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
     for h in DROP_HEADERS {
         req.remove_header(*h);
     }
     let set = |req: &mut RequestHeader, name: HeaderName, value: HeaderValue| {
-        req.insert_header(name, value).map_err(|_| GatewayError::internal("invalid upstream header"))
+        req.insert_header(name, value)
+            .map_err(|_| GatewayError::internal("invalid upstream header"))
     };
     let rid = HeaderValue::from_str(&ctx.request_id).unwrap_or(HeaderValue::from_static("-"));
     set(req, HeaderName::from_static("x-request-id"), rid)?;
 
-    let to_llm = ctx.llm.as_ref().is_some_and(|l| l.passthrough_body.is_none());
+    let to_llm = ctx
+        .llm
+        .as_ref()
+        .is_some_and(|l| l.passthrough_body.is_none());
     if to_llm {
         let llm = ctx.llm.as_ref().expect("checked");
-        let target = llm.target.as_ref().ok_or_else(|| GatewayError::internal("no target"))?;
+        let target = llm
+            .target
+            .as_ref()
+            .ok_or_else(|| GatewayError::internal("no target"))?;
         let inst = &llm.instance;
         req.set_method(http::Method::POST);
         let uri = target.endpoint.path_and_query(&inst.auth_query);
-        req.set_uri(uri.parse().map_err(|_| GatewayError::internal("invalid upstream uri"))?);
+        req.set_uri(
+            uri.parse()
+                .map_err(|_| GatewayError::internal("invalid upstream uri"))?,
+        );
         // A gzip answer would hide the usage from the gateway (APISIX issue #13544).
         req.remove_header("accept-encoding");
-        set(req, http::header::HOST, HeaderValue::from_str(&target.endpoint.authority()).map_err(|_| GatewayError::internal("bad host"))?)?;
+        set(
+            req,
+            http::header::HOST,
+            HeaderValue::from_str(&target.endpoint.authority())
+                .map_err(|_| GatewayError::internal("bad host"))?,
+        )?;
         for (k, v) in auth_headers(llm).await? {
             set(req, k, v)?;
         }
-        set(req, http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))?;
-        set(req, http::header::CONTENT_LENGTH, HeaderValue::from(llm.upstream_body.len()))?;
+        set(
+            req,
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )?;
+        set(
+            req,
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from(llm.upstream_body.len()),
+        )?;
         if !inst.keepalive {
-            set(req, http::header::CONNECTION, HeaderValue::from_static("close"))?;
+            set(
+                req,
+                http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            )?;
         }
         return Ok(());
     }
 
     // Plain upstream, or the second hop of passthrough.
-    let route = ctx.route.as_ref().ok_or_else(|| GatewayError::internal("no route"))?;
+    let route = ctx
+        .route
+        .as_ref()
+        .ok_or_else(|| GatewayError::internal("no route"))?;
     if let Some(up) = &route.upstream {
         match &up.pass_host {
             PassHost::Pass => {}
             PassHost::Node => {
                 let addr = ctx.upstream_addr;
-                let node = up.nodes.iter().find(|n| addr.is_some_and(|a| a.port() == n.port)).unwrap_or(&up.nodes[0]);
-                let host = if node.port == 80 || node.port == 443 { node.host.clone() } else { format!("{}:{}", node.host, node.port) };
-                set(req, http::header::HOST, HeaderValue::from_str(&host).map_err(|_| GatewayError::internal("bad host"))?)?;
+                let node = up
+                    .nodes
+                    .iter()
+                    .find(|n| addr.is_some_and(|a| a.port() == n.port))
+                    .unwrap_or(&up.nodes[0]);
+                let host = if node.port == 80 || node.port == 443 {
+                    node.host.clone()
+                } else {
+                    format!("{}:{}", node.host, node.port)
+                };
+                set(
+                    req,
+                    http::header::HOST,
+                    HeaderValue::from_str(&host).map_err(|_| GatewayError::internal("bad host"))?,
+                )?;
             }
             PassHost::Rewrite(h) => {
-                set(req, http::header::HOST, HeaderValue::from_str(h).map_err(|_| GatewayError::internal("bad host"))?)?;
+                set(
+                    req,
+                    http::header::HOST,
+                    HeaderValue::from_str(h).map_err(|_| GatewayError::internal("bad host"))?,
+                )?;
             }
         }
     }
@@ -173,16 +238,32 @@ pub async fn shape_request(session: &Session, req: &mut RequestHeader, ctx: &mut
         .and_then(|l| l.passthrough_body.as_ref())
         .or(ctx.replay_body.as_ref());
     if let Some(body) = replaced {
-        set(req, http::header::CONTENT_LENGTH, HeaderValue::from(body.len()))?;
-    } else if let Some(cl) = session.req_header().headers.get(http::header::CONTENT_LENGTH) {
+        set(
+            req,
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from(body.len()),
+        )?;
+    } else if let Some(cl) = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+    {
         // Streaming a plain body through: keep the client's framing.
         set(req, http::header::CONTENT_LENGTH, cl.clone())?;
-    } else if let Some(te) = session.req_header().headers.get(http::header::TRANSFER_ENCODING) {
+    } else if let Some(te) = session
+        .req_header()
+        .headers
+        .get(http::header::TRANSFER_ENCODING)
+    {
         set(req, http::header::TRANSFER_ENCODING, te.clone())?;
     }
     if let Some(llm) = &ctx.llm {
         if llm.passthrough_body.is_some() {
-            set(req, http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))?;
+            set(
+                req,
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )?;
         }
     }
     Ok(())
@@ -194,7 +275,9 @@ pub fn swap_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &RequestCtx
         Some(l) => Some(l.passthrough_body.as_ref().unwrap_or(&l.upstream_body)),
         None => ctx.replay_body.as_ref(),
     };
-    let Some(replacement) = replacement else { return };
+    let Some(replacement) = replacement else {
+        return;
+    };
     *body = if end_of_stream {
         Some(replacement.clone())
     } else {
@@ -205,14 +288,20 @@ pub fn swap_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &RequestCtx
 
 /// `passthrough` (seed 001): call the LLM now; its answer becomes the body sent to the route's
 /// upstream. `Ok(Some(()))`: the provider failed and its error was relayed to the client.
-pub async fn passthrough_call(session: &mut Session, ctx: &mut RequestCtx) -> Result<Option<()>, GatewayError> {
+pub async fn passthrough_call(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Option<()>, GatewayError> {
     let request_id = ctx.request_id.clone();
     let llm = ctx.llm.as_mut().expect("passthrough needs an LLM call");
     prepare_attempt(llm)?;
     let target = llm.target.as_ref().expect("set by prepare_attempt");
     let inst = llm.instance.clone();
     let mut headers = auth_headers(llm).await?;
-    headers.push((http::header::CONTENT_TYPE, HeaderValue::from_static("application/json")));
+    headers.push((
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    ));
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.push((HeaderName::from_static("x-request-id"), v));
     }
@@ -227,9 +316,16 @@ pub async fn passthrough_call(session: &mut Session, ctx: &mut RequestCtx) -> Re
     )
     .await
     .map_err(|e| match e {
-        ClientError::Timeout(_) => GatewayError::timeout(format!("the provider did not answer in time after {} ms", inst.timeout.as_millis())),
-        ClientError::Connect(_) => GatewayError::bad_gateway("upstream_unreachable", "could not connect to the provider"),
-        ClientError::Io(_) => GatewayError::bad_gateway("upstream_error", "invalid response from the provider"),
+        ClientError::Timeout(_) => GatewayError::timeout(format!(
+            "the provider did not answer in time after {} ms",
+            inst.timeout.as_millis()
+        )),
+        ClientError::Connect(_) => {
+            GatewayError::bad_gateway("upstream_unreachable", "could not connect to the provider")
+        }
+        ClientError::Io(_) => {
+            GatewayError::bad_gateway("upstream_error", "invalid response from the provider")
+        }
     })?;
     llm.first_token_at = Some(Instant::now());
     let status = resp.status();
@@ -252,12 +348,22 @@ pub async fn passthrough_call(session: &mut Session, ctx: &mut RequestCtx) -> Re
     if !(200..300).contains(&status) {
         // The provider's own error goes back to the client as it is.
         ctx.upstream_status = Some(status);
-        let mut out = pingora_http::ResponseHeader::build(status, Some(4)).map_err(|_| GatewayError::internal("bad status"))?;
-        let ct = resp.header.headers.get(http::header::CONTENT_TYPE).cloned().unwrap_or(HeaderValue::from_static("application/json"));
+        let mut out = pingora_http::ResponseHeader::build(status, Some(4))
+            .map_err(|_| GatewayError::internal("bad status"))?;
+        let ct = resp
+            .header
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("application/json"));
         let _ = out.insert_header(http::header::CONTENT_TYPE, ct);
         let _ = out.insert_header(http::header::CONTENT_LENGTH, resp.body.len());
         let _ = out.insert_header("X-Request-Id", request_id.as_str());
-        if session.write_response_header(Box::new(out), false).await.is_ok() {
+        if session
+            .write_response_header(Box::new(out), false)
+            .await
+            .is_ok()
+        {
             let _ = session.write_response_body(Some(resp.body), true).await;
         }
         return Ok(Some(()));
@@ -266,7 +372,11 @@ pub async fn passthrough_call(session: &mut Session, ctx: &mut RequestCtx) -> Re
         let model = llm.model.clone().unwrap_or_default();
         let (b, tokens) = vertex_ai::embeddings_from_predict(&resp.body, &model)
             .map_err(|m| GatewayError::bad_gateway("upstream_error", m))?;
-        llm.usage = Some(crate::llm::usage::Usage { prompt_tokens: tokens, completion_tokens: 0, total_tokens: tokens });
+        llm.usage = Some(crate::llm::usage::Usage {
+            prompt_tokens: tokens,
+            completion_tokens: 0,
+            total_tokens: tokens,
+        });
         b
     } else {
         resp.body
@@ -280,14 +390,20 @@ pub fn classify_failure(e: &pingora_error::Error, ctx: &RequestCtx) -> Option<Ga
     if let Some(err) = &ctx.error {
         return Some(err.clone());
     }
-    let timeout_ms = ctx.llm.as_ref().map(|l| l.instance.timeout.as_millis() as u64);
+    let timeout_ms = ctx
+        .llm
+        .as_ref()
+        .map(|l| l.instance.timeout.as_millis() as u64);
     let err = errors::classify(e, timeout_ms)?;
     // Several instances tried and none answered: that is the route failing, not one timeout.
     if let Some(llm) = ctx.llm.as_ref().filter(|l| l.attempts > 1) {
         if e.esource() == &pingora_error::ErrorSource::Upstream {
             return Some(GatewayError::bad_gateway(
                 "no_instance_answered",
-                format!("none of the {} instances tried answered (last: {})", llm.attempts, err.message),
+                format!(
+                    "none of the {} instances tried answered (last: {})",
+                    llm.attempts, err.message
+                ),
             ));
         }
     }

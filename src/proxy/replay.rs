@@ -48,9 +48,17 @@ impl ReplayToken {
 
 /// Wrap the session's downstream so `body` is replayed to the upstream.
 pub fn install(session: &mut pingora_proxy::Session, body: Bytes) -> ReplayToken {
-    let placeholder = ServerSession::new_custom(Box::new(ReplaySession { inner: None, body: Bytes::new(), replayed: true }));
+    let placeholder = ServerSession::new_custom(Box::new(ReplaySession {
+        inner: None,
+        body: Bytes::new(),
+        replayed: true,
+    }));
     let real = std::mem::replace(&mut *session.downstream_session, placeholder);
-    let wrapper = Box::new(ReplaySession { inner: Some(real), body, replayed: false });
+    let wrapper = Box::new(ReplaySession {
+        inner: Some(real),
+        body,
+        replayed: false,
+    });
     let token = ReplayToken(&*wrapper as *const ReplaySession as usize);
     *session.downstream_session = ServerSession::new_custom(wrapper);
     token
@@ -62,7 +70,9 @@ pub fn restore(session: &mut pingora_proxy::Session, token: &mut ReplayToken) {
         return;
     }
     let ds: &mut ServerSession = &mut session.downstream_session;
-    let ServerSession::Custom(custom) = ds else { return };
+    let ServerSession::Custom(custom) = ds else {
+        return;
+    };
     let ptr = (&mut **custom) as *mut dyn CustomSession as *mut ReplaySession;
     if ptr as usize != token.0 {
         return;
@@ -80,10 +90,14 @@ pub fn restore(session: &mut pingora_proxy::Session, token: &mut ReplayToken) {
 
 impl ReplaySession {
     fn s(&self) -> &ServerSession {
-        self.inner.as_ref().expect("replay placeholder is never used")
+        self.inner
+            .as_ref()
+            .expect("replay placeholder is never used")
     }
     fn m(&mut self) -> &mut ServerSession {
-        self.inner.as_mut().expect("replay placeholder is never used")
+        self.inner
+            .as_mut()
+            .expect("replay placeholder is never used")
     }
 }
 
@@ -240,7 +254,8 @@ impl CustomSession for ReplaySession {
 
     fn take_custom_message_reader(
         &mut self,
-    ) -> Option<Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>> {
+    ) -> Option<Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>>
+    {
         None
     }
 
@@ -248,14 +263,23 @@ impl CustomSession for ReplaySession {
         &mut self,
         _reader: Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>,
     ) -> Result<()> {
-        Error::e_explain(ErrorType::InternalError, "replay session has no custom messages")
+        Error::e_explain(
+            ErrorType::InternalError,
+            "replay session has no custom messages",
+        )
     }
 
     fn take_custom_message_writer(&mut self) -> Option<Box<dyn CustomMessageWrite>> {
         None
     }
 
-    fn restore_custom_message_writer(&mut self, _writer: Box<dyn CustomMessageWrite>) -> Result<()> {
-        Error::e_explain(ErrorType::InternalError, "replay session has no custom messages")
+    fn restore_custom_message_writer(
+        &mut self,
+        _writer: Box<dyn CustomMessageWrite>,
+    ) -> Result<()> {
+        Error::e_explain(
+            ErrorType::InternalError,
+            "replay session has no custom messages",
+        )
     }
 }

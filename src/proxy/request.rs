@@ -42,9 +42,13 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
     }
     let found = {
         let args = parsed.as_ref().map(BodyArgs);
-        snapshot.router.find(&view(session, args.as_ref().map(|a| a as &dyn PostArgs)))
+        snapshot
+            .router
+            .find(&view(session, args.as_ref().map(|a| a as &dyn PostArgs)))
     };
-    let Some(idx) = found else { return Verdict::Reject(GatewayError::not_found()) };
+    let Some(idx) = found else {
+        return Verdict::Reject(GatewayError::not_found());
+    };
     let route = snapshot.routes[idx].clone();
     ctx.route = Some(route.clone());
 
@@ -66,7 +70,10 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
         if !is_json(ct.as_bytes()) {
             return Verdict::Reject(GatewayError::bad_request(
                 "invalid_content_type",
-                format!("Content-Type must be application/json, got {:?}", String::from_utf8_lossy(ct.as_bytes())),
+                format!(
+                    "Content-Type must be application/json, got {:?}",
+                    String::from_utf8_lossy(ct.as_bytes())
+                ),
             ));
         }
     }
@@ -93,14 +100,22 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
             }
         }
     };
-    ctx.request_type = if request.stream() { RequestType::AiStream } else { RequestType::AiChat };
+    ctx.request_type = if request.stream() {
+        RequestType::AiStream
+    } else {
+        RequestType::AiChat
+    };
     let client_body = request.body().clone();
     let request_model = request.model();
     let (instance, tried, hash_key) = match &plugin {
         LlmPlugin::Single(p) => (p.instance.clone(), Vec::new(), None),
         LlmPlugin::Multi(m) => {
             let key = m.hash_key(&view(session, None));
-            (m.instances[0].llm.clone(), vec![false; m.instances.len()], key)
+            (
+                m.instances[0].llm.clone(),
+                vec![false; m.instances.len()],
+                key,
+            )
         }
     };
     let passthrough = matches!(&plugin, LlmPlugin::Single(p) if p.passthrough);
@@ -143,7 +158,8 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
 fn has_body(session: &Session) -> bool {
     let h = &session.req_header().headers;
     h.get(http::header::TRANSFER_ENCODING).is_some()
-        || h.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+        || h.get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 fn is_json(ct: &[u8]) -> bool {
@@ -173,9 +189,19 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, GatewayErro
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects {
-        session.req_header_mut().remove_header(&http::header::EXPECT);
-        if session.downstream_session.write_continue_response().await.is_err() {
-            return Err(GatewayError::bad_request("body_read_error", "client went away"));
+        session
+            .req_header_mut()
+            .remove_header(&http::header::EXPECT);
+        if session
+            .downstream_session
+            .write_continue_response()
+            .await
+            .is_err()
+        {
+            return Err(GatewayError::bad_request(
+                "body_read_error",
+                "client went away",
+            ));
         }
     }
     let mut first: Option<Bytes> = None;
@@ -186,7 +212,9 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, GatewayErro
             .downstream_session
             .read_request_body()
             .await
-            .map_err(|_| GatewayError::bad_request("body_read_error", "failed to read the request body"))?;
+            .map_err(|_| {
+                GatewayError::bad_request("body_read_error", "failed to read the request body")
+            })?;
         let Some(chunk) = chunk else { break };
         total += chunk.len() as u64;
         if total > max {
@@ -196,7 +224,12 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, GatewayErro
         match (&mut first, &mut buf) {
             (None, None) => first = Some(chunk),
             (Some(f), None) => {
-                let mut b = BytesMut::with_capacity(declared.map(|n| n as usize).unwrap_or(f.len() * 2).max(f.len() + chunk.len()));
+                let mut b = BytesMut::with_capacity(
+                    declared
+                        .map(|n| n as usize)
+                        .unwrap_or(f.len() * 2)
+                        .max(f.len() + chunk.len()),
+                );
                 b.extend_from_slice(f);
                 b.extend_from_slice(&chunk);
                 buf = Some(b);
@@ -219,8 +252,15 @@ fn view<'a>(session: &'a Session, body: Option<&'a dyn PostArgs>) -> RequestView
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.host());
-    let remote_addr: Option<IpAddr> = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-    let server_port = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port()).unwrap_or(0);
+    let remote_addr: Option<IpAddr> = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let server_port = session
+        .server_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.port())
+        .unwrap_or(0);
     RequestView {
         method: req.method.as_str(),
         path: req.uri.path(),
@@ -245,11 +285,12 @@ impl PostArgs for BodyArgs<'_> {
                 serde_json::Value::Bool(b) => Value::Bool(b),
                 serde_json::Value::Number(n) => Value::Num(n.as_f64()?),
                 serde_json::Value::String(s) => Value::Str(Cow::Owned(s)),
-                serde_json::Value::Array(a) => Value::List(a.into_iter().filter_map(conv).collect()),
+                serde_json::Value::Array(a) => {
+                    Value::List(a.into_iter().filter_map(conv).collect())
+                }
                 o @ serde_json::Value::Object(_) => Value::Str(Cow::Owned(o.to_string())),
             })
         }
         conv(self.0.lookup(path)?)
     }
 }
-

@@ -103,11 +103,18 @@ pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestC
                 let model = llm.model.clone().unwrap_or_default();
                 match vertex_ai::embeddings_from_predict(buf, &model) {
                     Ok((out, tokens)) => {
-                        llm.usage = Some(Usage { prompt_tokens: tokens, completion_tokens: 0, total_tokens: tokens });
+                        llm.usage = Some(Usage {
+                            prompt_tokens: tokens,
+                            completion_tokens: 0,
+                            total_tokens: tokens,
+                        });
                         *body = Some(out);
                     }
                     Err(m) => {
-                        log::warn!("route {}: {m}", ctx.route.as_ref().map(|r| r.id.as_str()).unwrap_or("-"));
+                        log::warn!(
+                            "route {}: {m}",
+                            ctx.route.as_ref().map(|r| r.id.as_str()).unwrap_or("-")
+                        );
                         *body = Some(std::mem::take(buf).freeze());
                     }
                 }
@@ -137,7 +144,11 @@ pub fn settle_usage(ctx: &mut RequestCtx) {
                 // client could spend tokens for free by hanging up early.
                 let prompt = llm.request.estimated_prompt_tokens();
                 let completion = tap.content_events();
-                llm.usage = Some(Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion });
+                llm.usage = Some(Usage {
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    total_tokens: prompt + completion,
+                });
                 llm.usage_estimated = true;
             }
             if llm.response_model.is_none() {

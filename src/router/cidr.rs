@@ -60,7 +60,13 @@ impl Cidr {
                 if l.is_empty() || l.len() > 3 || !l.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(format!("bad prefix length in {s:?}"));
                 }
-                (a, Some(l.parse::<u32>().map_err(|_| format!("bad prefix length in {s:?}"))?))
+                (
+                    a,
+                    Some(
+                        l.parse::<u32>()
+                            .map_err(|_| format!("bad prefix length in {s:?}"))?,
+                    ),
+                )
             }
             None => (s, None),
         };
@@ -74,7 +80,10 @@ impl Cidr {
                     return Err(format!("prefix length {len} is too long for IPv4 in {s:?}"));
                 }
                 let mask = mask_v4(len);
-                Ok(Cidr::V4 { net: u32::from(a) & mask, mask })
+                Ok(Cidr::V4 {
+                    net: u32::from(a) & mask,
+                    mask,
+                })
             }
             IpAddr::V6(a) => {
                 let len = len.unwrap_or(128);
@@ -86,11 +95,17 @@ impl Cidr {
                 if len >= 96 {
                     if let Some(v4) = a.to_ipv4_mapped() {
                         let mask = mask_v4(len - 96);
-                        return Ok(Cidr::V4 { net: u32::from(v4) & mask, mask });
+                        return Ok(Cidr::V4 {
+                            net: u32::from(v4) & mask,
+                            mask,
+                        });
                     }
                 }
                 let mask = mask_v6(len);
-                Ok(Cidr::V6 { net: u128::from(a) & mask, mask })
+                Ok(Cidr::V6 {
+                    net: u128::from(a) & mask,
+                    mask,
+                })
             }
         }
     }
@@ -109,7 +124,10 @@ impl Cidr {
 /// such as `http_x_real_ip`). Brackets around IPv6 are tolerated.
 pub(crate) fn parse_ip(s: &str) -> Option<Ip> {
     let s = s.trim();
-    let s = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
+    let s = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
     s.parse::<IpAddr>().ok().map(Ip::from_addr)
 }
 
@@ -147,12 +165,24 @@ mod tests {
         assert!(Cidr::parse("::/0").unwrap().contains(ip("fe80::1")));
         assert!(Cidr::parse("::1").unwrap().contains(ip("[::1]")));
         // mapped rule folds to v4
-        assert!(Cidr::parse("::ffff:10.0.0.0/104").unwrap().contains(ip("10.3.2.1")));
+        assert!(Cidr::parse("::ffff:10.0.0.0/104")
+            .unwrap()
+            .contains(ip("10.3.2.1")));
     }
 
     #[test]
     fn errors() {
-        for bad in ["", "10.0.0.0/33", "::/129", "10.0.0/8", "10.0.0.0/", "10.0.0.0/+8", "x", "10.0.0.0/8/9", "010.0.0.1"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "x",
+            "10.0.0.0/8/9",
+            "010.0.0.1",
+        ] {
             assert!(Cidr::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

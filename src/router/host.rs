@@ -33,9 +33,9 @@ impl HostPat {
         if body.is_empty() {
             return Err(format!("bad host pattern {raw:?}: empty"));
         }
-        let ok_chars = body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'));
+        let ok_chars = body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':')
+        });
         if !ok_chars {
             return Err(format!(
                 "bad host pattern {raw:?}: only letters, digits, '-', '.', '_' and IPv6 literals are allowed, with an optional leading '*'"
@@ -45,7 +45,10 @@ impl HostPat {
             if wild {
                 return Err(format!("bad host pattern {raw:?}: a wildcard cannot be combined with an IPv6 literal or port"));
             }
-            let inner = body.strip_prefix('[').and_then(|b| b.strip_suffix(']')).unwrap_or(body);
+            let inner = body
+                .strip_prefix('[')
+                .and_then(|b| b.strip_suffix(']'))
+                .unwrap_or(body);
             return match inner.parse::<Ipv6Addr>() {
                 Ok(a) => Ok(HostPat::V6(a)),
                 Err(_) => Err(format!(
@@ -106,9 +109,17 @@ pub(crate) fn normalize(raw: &str) -> Option<ReqHost<'_>> {
         return match rest.find(']') {
             Some(end) if end > 0 => {
                 let bare = &rest[..end];
-                Some(ReqHost { bare, var: &raw[..end + 2], v6: bare.parse().ok() })
+                Some(ReqHost {
+                    bare,
+                    var: &raw[..end + 2],
+                    v6: bare.parse().ok(),
+                })
             }
-            _ => Some(ReqHost { bare: raw, var: raw, v6: None }),
+            _ => Some(ReqHost {
+                bare: raw,
+                var: raw,
+                v6: None,
+            }),
         };
     }
     let host = match raw.rfind(':') {
@@ -121,8 +132,16 @@ pub(crate) fn normalize(raw: &str) -> Option<ReqHost<'_>> {
     if host.is_empty() {
         return None;
     }
-    let v6 = if host.contains(':') { host.parse().ok() } else { None };
-    Some(ReqHost { bare: host, var: host, v6 })
+    let v6 = if host.contains(':') {
+        host.parse().ok()
+    } else {
+        None
+    };
+    Some(ReqHost {
+        bare: host,
+        var: host,
+        v6,
+    })
 }
 
 #[cfg(test)]
@@ -134,7 +153,10 @@ mod tests {
         let n = normalize("API.Example.com:8443").unwrap();
         assert_eq!((n.bare, n.var), ("API.Example.com", "API.Example.com"));
         let n = normalize("[::1]:9080").unwrap();
-        assert_eq!((n.bare, n.var, n.v6), ("::1", "[::1]", Some(Ipv6Addr::LOCALHOST)));
+        assert_eq!(
+            (n.bare, n.var, n.v6),
+            ("::1", "[::1]", Some(Ipv6Addr::LOCALHOST))
+        );
         let n = normalize("[::1]").unwrap();
         assert_eq!((n.bare, n.var), ("::1", "[::1]"));
         let n = normalize("example.com.").unwrap();
@@ -163,7 +185,15 @@ mod tests {
         assert_eq!(HostPat::parse("0:0::1").unwrap(), v6);
         assert!(m(&v6, "[0:0::1]:9080"));
         assert!(!m(&v6, "[::2]"));
-        for bad in ["", "*", "a b", "example.com:80", "*.[::1]", "exa/mple", "é.com"] {
+        for bad in [
+            "",
+            "*",
+            "a b",
+            "example.com:80",
+            "*.[::1]",
+            "exa/mple",
+            "é.com",
+        ] {
             assert!(HostPat::parse(bad).is_err(), "{bad:?}");
         }
     }

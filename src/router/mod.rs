@@ -116,7 +116,10 @@ impl std::fmt::Debug for Router {
             Layout::Uri(_) => MatchMode::Uri,
             Layout::HostUri(_) => MatchMode::HostUri,
         };
-        f.debug_struct("Router").field("routes", &self.routes.len()).field("mode", &mode).finish()
+        f.debug_struct("Router")
+            .field("routes", &self.routes.len())
+            .field("mode", &mode)
+            .finish()
     }
 }
 
@@ -133,7 +136,9 @@ struct Route {
 }
 
 /// The methods APISIX knows (its route schema enum and radixtree's bit set).
-const METHODS: [&str; 10] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE"];
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE",
+];
 
 /// Bit of a method in METHODS order; 0 for anything else. Methods are
 /// case-sensitive in HTTP: "get" is not GET.
@@ -212,7 +217,9 @@ fn parse_uri(u: &str) -> Result<UriPat, String> {
     match u.find('*') {
         None => Ok(UriPat::Exact(u.to_string())),
         Some(i) if i == u.len() - 1 => Ok(UriPat::Prefix(u[..i].to_string())),
-        Some(_) => Err(format!("uri {u:?}: '*' is only allowed at the end (prefix match)")),
+        Some(_) => Err(format!(
+            "uri {u:?}: '*' is only allowed at the end (prefix match)"
+        )),
     }
 }
 
@@ -220,15 +227,28 @@ fn compile_route(e: RouteEntry) -> Result<(Route, Vec<UriPat>, i64), String> {
     if e.uris.is_empty() {
         return Err("no uris".to_string());
     }
-    let uris = e.uris.iter().map(|u| parse_uri(u)).collect::<Result<Vec<_>, _>>()?;
+    let uris = e
+        .uris
+        .iter()
+        .map(|u| parse_uri(u))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut methods = 0u16;
     for m in e.methods.iter().flatten() {
         match method_bit(m) {
-            0 => return Err(format!("unknown method {m:?} (expected one of {})", METHODS.join(", "))),
+            0 => {
+                return Err(format!(
+                    "unknown method {m:?} (expected one of {})",
+                    METHODS.join(", ")
+                ))
+            }
             b => methods |= b,
         }
     }
-    let hosts = e.hosts.iter().map(|h| HostPat::parse(h)).collect::<Result<Vec<_>, _>>()?;
+    let hosts = e
+        .hosts
+        .iter()
+        .map(|h| HostPat::parse(h))
+        .collect::<Result<Vec<_>, _>>()?;
     let remotes = e
         .remote_addrs
         .iter()
@@ -263,7 +283,8 @@ impl Router {
         let mut priorities = Vec::with_capacity(entries.len());
         for (i, e) in entries.into_iter().enumerate() {
             let id = e.id;
-            let (route, pats, prio) = compile_route(e).map_err(|err| format!("route #{i} (id {id}): {err}"))?;
+            let (route, pats, prio) =
+                compile_route(e).map_err(|err| format!("route #{i} (id {id}): {err}"))?;
             routes.push(route);
             uris.push(pats);
             priorities.push(prio);
@@ -302,8 +323,10 @@ impl Router {
                     }
                 }
                 let build = |members: &[usize]| {
-                    let items: Vec<(u32, &UriPat)> =
-                        members.iter().flat_map(|&r| uris[r].iter().map(move |p| (r as u32, p))).collect();
+                    let items: Vec<(u32, &UriPat)> = members
+                        .iter()
+                        .flat_map(|&r| uris[r].iter().map(move |p| (r as u32, p)))
+                        .collect();
                     Table::build(&items, prio)
                 };
                 let mut wild_lens: Vec<usize> = wild.keys().map(|k| k.len()).collect();
@@ -319,7 +342,11 @@ impl Router {
             }
         };
         let any_body = routes.iter().any(|r| r.reads_body);
-        Ok(Router { routes, layout, any_body })
+        Ok(Router {
+            routes,
+            layout,
+            any_body,
+        })
     }
 
     fn prepare<'a>(req: &RequestView<'a>) -> Prepared<'a> {
@@ -333,7 +360,12 @@ impl Router {
     /// Walks the candidates for `req` in order, calling `f(route, check_host)`
     /// until it returns `Some`.
     #[inline]
-    fn visit<R>(&self, req: &RequestView, p: &Prepared, f: &mut impl FnMut(&Route, bool) -> Option<R>) -> Option<R> {
+    fn visit<R>(
+        &self,
+        req: &RequestView,
+        p: &Prepared,
+        f: &mut impl FnMut(&Route, bool) -> Option<R>,
+    ) -> Option<R> {
         match &self.layout {
             Layout::Uri(t) => t.visit(req.path, &mut |r| f(&self.routes[r as usize], true)),
             Layout::HostUri(ht) => {
@@ -353,7 +385,9 @@ impl Router {
                             }
                         }
                         for &len in &ht.wild_lens {
-                            let Some(suffix) = lower.len().checked_sub(len).and_then(|i| lower.get(i..)) else {
+                            let Some(suffix) =
+                                lower.len().checked_sub(len).and_then(|i| lower.get(i..))
+                            else {
                                 continue;
                             };
                             if let Some(t) = ht.wild.get(suffix) {

@@ -59,7 +59,14 @@ struct Node {
 
 impl Node {
     fn new(label: &[u8]) -> Node {
-        Node { label: label.into(), child_bytes: Vec::new(), children: Vec::new(), start: 0, end: 0, up: NONE }
+        Node {
+            label: label.into(),
+            child_bytes: Vec::new(),
+            children: Vec::new(),
+            start: 0,
+            end: 0,
+            up: NONE,
+        }
     }
 
     fn has_bucket(&self) -> bool {
@@ -93,7 +100,11 @@ impl Table {
             }
         }
 
-        let mut table = Table { exact: HashMap::default(), nodes: vec![Node::new(b"")], cands: Vec::new() };
+        let mut table = Table {
+            exact: HashMap::default(),
+            nodes: vec![Node::new(b"")],
+            cands: Vec::new(),
+        };
         let push = |cands: &mut Vec<u32>, mut routes: Vec<u32>| -> (u32, u32) {
             // Stable: equal priorities keep config order.
             routes.sort_by_key(|&r| std::cmp::Reverse(priority(r)));
@@ -116,7 +127,9 @@ impl Table {
             if let UriPat::Exact(p) = pat {
                 let (start, end) = push(&mut table.cands, groups.remove(*pat).unwrap_or_default());
                 let next = table.deepest(p.as_bytes());
-                table.exact.insert(p.as_str().into(), Bucket { start, end, next });
+                table
+                    .exact
+                    .insert(p.as_str().into(), Bucket { start, end, next });
             }
         }
         table.exact.shrink_to_fit();
@@ -145,7 +158,11 @@ impl Table {
                 Ok(slot) => {
                     let child = self.nodes[cur].children[slot] as usize;
                     let label = &self.nodes[child].label;
-                    let common = label.iter().zip(&key[pos..]).take_while(|(a, b)| a == b).count();
+                    let common = label
+                        .iter()
+                        .zip(&key[pos..])
+                        .take_while(|(a, b)| a == b)
+                        .count();
                     if common < label.len() {
                         // Split: a new node takes the shared part and adopts the child.
                         let mid = self.nodes.len();
@@ -171,7 +188,11 @@ impl Table {
         let mut stack = vec![(0usize, NONE)];
         while let Some((n, up)) = stack.pop() {
             self.nodes[n].up = up;
-            let below = if self.nodes[n].has_bucket() { n as u32 } else { up };
+            let below = if self.nodes[n].has_bucket() {
+                n as u32
+            } else {
+                up
+            };
             stack.extend(self.nodes[n].children.iter().map(|&c| (c as usize, below)));
         }
     }
@@ -184,7 +205,9 @@ impl Table {
         let mut best = if self.nodes[0].has_bucket() { 0 } else { NONE };
         while pos < path.len() {
             let node = &self.nodes[cur];
-            let Ok(slot) = node.child_bytes.binary_search(&path[pos]) else { break };
+            let Ok(slot) = node.child_bytes.binary_search(&path[pos]) else {
+                break;
+            };
             let child = node.children[slot] as usize;
             let label = &self.nodes[child].label;
             if !path[pos..].starts_with(label) {
@@ -309,7 +332,11 @@ mod tests {
             UriPat::Prefix("/ap".into()),
             UriPat::Exact("/api/v1/x".into()),
         ];
-        let items: Vec<(u32, &UriPat)> = pats.iter().enumerate().map(|(i, p)| (i as u32, p)).collect();
+        let items: Vec<(u32, &UriPat)> = pats
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u32, p))
+            .collect();
         let t = Table::build(&items, |_| 0);
         assert_eq!(ids(&t, "/api/v1/x"), vec![5, 1, 2, 4, 0]);
         assert_eq!(ids(&t, "/api/v1/y"), vec![1, 2, 4, 0]);
@@ -322,8 +349,14 @@ mod tests {
 
     #[test]
     fn deep_nesting_does_not_recurse() {
-        let pats: Vec<UriPat> = (1..3000).map(|n| UriPat::Prefix(format!("/{}", "a".repeat(n)))).collect();
-        let items: Vec<(u32, &UriPat)> = pats.iter().enumerate().map(|(i, p)| (i as u32, p)).collect();
+        let pats: Vec<UriPat> = (1..3000)
+            .map(|n| UriPat::Prefix(format!("/{}", "a".repeat(n))))
+            .collect();
+        let items: Vec<(u32, &UriPat)> = pats
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u32, p))
+            .collect();
         let t = Table::build(&items, |_| 0);
         let got = ids(&t, &format!("/{}", "a".repeat(5000)));
         assert_eq!(got.len(), 2999);

@@ -90,7 +90,10 @@ impl Req {
         self
     }
     fn header(mut self, k: &str, v: &str) -> Req {
-        self.headers.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        self.headers.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
         self
     }
     fn remote(mut self, ip: &str) -> Req {
@@ -126,7 +129,9 @@ fn find(r: &Router, q: &Req) -> Option<usize> {
 
 /// Evaluates one vars expression against a request.
 fn ev(vars: Json, q: &Req) -> bool {
-    Expr::compile(&vars).unwrap_or_else(|e| panic!("{vars}: {e}")).eval(&q.view())
+    Expr::compile(&vars)
+        .unwrap_or_else(|e| panic!("{vars}: {e}"))
+        .eval(&q.view())
 }
 
 fn compile_err(vars: Json) -> String {
@@ -147,7 +152,11 @@ fn exact_before_prefix_regardless_of_priority() {
 
 #[test]
 fn longer_prefix_first_regardless_of_priority() {
-    let r = router(vec![prio(route(1, &["/*"]), 100), prio(route(2, &["/a/*"]), 50), route(3, &["/a/b/*"])]);
+    let r = router(vec![
+        prio(route(1, &["/*"]), 100),
+        prio(route(2, &["/a/*"]), 50),
+        route(3, &["/a/b/*"]),
+    ]);
     assert_eq!(find(&r, &get("/a/b/c")), Some(3));
     assert_eq!(find(&r, &get("/a/x")), Some(2));
     assert_eq!(find(&r, &get("/zzz")), Some(1));
@@ -156,10 +165,19 @@ fn longer_prefix_first_regardless_of_priority() {
 
 #[test]
 fn priority_then_config_order_within_a_pattern() {
-    let r = router(vec![route(1, &["/p"]), prio(route(2, &["/p"]), 5), route(3, &["/p"]), prio(route(4, &["/p"]), 5)]);
+    let r = router(vec![
+        route(1, &["/p"]),
+        prio(route(2, &["/p"]), 5),
+        route(3, &["/p"]),
+        prio(route(4, &["/p"]), 5),
+    ]);
     assert_eq!(find(&r, &get("/p")), Some(2));
     // Equal priority keeps config order: 1 before 3; negative priority last.
-    let r = router(vec![route(1, &["/q/*"]), route(3, &["/q/*"]), prio(route(0, &["/q/*"]), -1)]);
+    let r = router(vec![
+        route(1, &["/q/*"]),
+        route(3, &["/q/*"]),
+        prio(route(0, &["/q/*"]), -1),
+    ]);
     assert_eq!(find(&r, &get("/q/x")), Some(1));
     let r = router(vec![
         methods(route(1, &["/q/*"]), &["POST"]),
@@ -205,7 +223,11 @@ fn prefix_boundaries() {
 
 #[test]
 fn several_uris_per_route() {
-    let r = router(vec![route(1, &["/a", "/b/*"]), prio(route(2, &["/b/c"]), -5), route(3, &["/a", "/a"])]);
+    let r = router(vec![
+        route(1, &["/a", "/b/*"]),
+        prio(route(2, &["/b/c"]), -5),
+        route(3, &["/a", "/a"]),
+    ]);
     assert_eq!(find(&r, &get("/a")), Some(1));
     assert_eq!(find(&r, &get("/b/c")), Some(2));
     assert_eq!(find(&r, &get("/b/d")), Some(1));
@@ -259,11 +281,25 @@ fn methods_filter() {
 
 #[test]
 fn hosts_exact_case_and_port() {
-    let r = router(vec![hosts(route(1, &["/*"]), &["API.example.com", "other.org"]), route(2, &["/*"])]);
-    for h in ["api.example.com", "Api.Example.COM", "api.example.com:8443", "api.example.com.", "other.org:80"] {
+    let r = router(vec![
+        hosts(route(1, &["/*"]), &["API.example.com", "other.org"]),
+        route(2, &["/*"]),
+    ]);
+    for h in [
+        "api.example.com",
+        "Api.Example.COM",
+        "api.example.com:8443",
+        "api.example.com.",
+        "other.org:80",
+    ] {
         assert_eq!(find(&r, &get("/").host(h)), Some(1), "{h}");
     }
-    for h in ["example.com", "x.api.example.com", "api.example.co", "api.example.com.x"] {
+    for h in [
+        "example.com",
+        "x.api.example.com",
+        "api.example.co",
+        "api.example.com.x",
+    ] {
         assert_eq!(find(&r, &get("/").host(h)), Some(2), "{h}");
     }
     // No Host at all: routes with hosts cannot match.
@@ -283,7 +319,10 @@ fn hosts_wildcard() {
 
 #[test]
 fn hosts_ipv6_literal() {
-    let r = router(vec![hosts(route(1, &["/*"]), &["[::1]"]), hosts(route(2, &["/*"]), &["127.0.0.1"])]);
+    let r = router(vec![
+        hosts(route(1, &["/*"]), &["[::1]"]),
+        hosts(route(2, &["/*"]), &["127.0.0.1"]),
+    ]);
     assert_eq!(find(&r, &get("/").host("[::1]:9080")), Some(1));
     assert_eq!(find(&r, &get("/").host("[::1]")), Some(1));
     assert_eq!(find(&r, &get("/").host("[0:0:0::1]:80")), Some(1));
@@ -322,11 +361,23 @@ fn build_errors_name_the_entry() {
         (route(7, &["/a*/b"]), "'*' is only allowed at the end"),
         (route(7, &["/a/**"]), "'*' is only allowed at the end"),
         (route(7, &[]), "no uris"),
-        (methods(route(7, &["/a"]), &["GET", "FETCH"]), "unknown method \"FETCH\""),
-        (methods(route(7, &["/a"]), &["get"]), "unknown method \"get\""),
-        (hosts(route(7, &["/a"]), &["exa mple.com"]), "bad host pattern"),
+        (
+            methods(route(7, &["/a"]), &["GET", "FETCH"]),
+            "unknown method \"FETCH\"",
+        ),
+        (
+            methods(route(7, &["/a"]), &["get"]),
+            "unknown method \"get\"",
+        ),
+        (
+            hosts(route(7, &["/a"]), &["exa mple.com"]),
+            "bad host pattern",
+        ),
         (hosts(route(7, &["/a"]), &["*"]), "bad host pattern"),
-        (hosts(route(7, &["/a"]), &["example.com:8080"]), "without a port"),
+        (
+            hosts(route(7, &["/a"]), &["example.com:8080"]),
+            "without a port",
+        ),
         (remotes(route(7, &["/a"]), &["10.0.0.0/33"]), "remote_addrs"),
         (remotes(route(7, &["/a"]), &["not-an-ip"]), "remote_addrs"),
     ];
@@ -400,7 +451,10 @@ fn op_in_has() {
 fn op_regex() {
     let q = get("/v1/chat?m=GPT-4o").header("user-agent", "curl/8.1");
     assert!(ev(json!([["uri", "~~", "^/v1/"]]), &q));
-    assert!(ev(json!([["uri", "~~", "chat"]]), &q), "unanchored like ngx.re.find");
+    assert!(
+        ev(json!([["uri", "~~", "chat"]]), &q),
+        "unanchored like ngx.re.find"
+    );
     assert!(!ev(json!([["arg_m", "~~", "^gpt"]]), &q));
     assert!(ev(json!([["arg_m", "~*", "^gpt"]]), &q));
     assert!(ev(json!([["http_user_agent", "~~", "^curl/\\d+"]]), &q));
@@ -411,15 +465,32 @@ fn op_regex() {
 
 #[test]
 fn op_ipmatch() {
-    let q = get("/").remote("10.1.2.3").header("x-real-ip", "2001:db8::7");
+    let q = get("/")
+        .remote("10.1.2.3")
+        .header("x-real-ip", "2001:db8::7");
     assert!(ev(json!([["remote_addr", "ipmatch", "10.0.0.0/8"]]), &q));
-    assert!(ev(json!([["remote_addr", "ipmatch", ["192.168.0.0/16", "10.1.2.3"]]]), &q));
-    assert!(!ev(json!([["remote_addr", "ipmatch", ["192.168.0.0/16"]]]), &q));
-    assert!(ev(json!([["http_x_real_ip", "ipmatch", "2001:db8::/32"]]), &q));
-    assert!(!ev(json!([["http_x_real_ip", "ipmatch", "10.0.0.0/8"]]), &q));
+    assert!(ev(
+        json!([["remote_addr", "ipmatch", ["192.168.0.0/16", "10.1.2.3"]]]),
+        &q
+    ));
+    assert!(!ev(
+        json!([["remote_addr", "ipmatch", ["192.168.0.0/16"]]]),
+        &q
+    ));
+    assert!(ev(
+        json!([["http_x_real_ip", "ipmatch", "2001:db8::/32"]]),
+        &q
+    ));
+    assert!(!ev(
+        json!([["http_x_real_ip", "ipmatch", "10.0.0.0/8"]]),
+        &q
+    ));
     assert!(!ev(json!([["http_missing", "ipmatch", "0.0.0.0/0"]]), &q));
     assert!(!ev(json!([["uri", "ipmatch", "0.0.0.0/0"]]), &q));
-    assert!(!ev(json!([["remote_addr", "ipmatch", "0.0.0.0/0"]]), &get("/")));
+    assert!(!ev(
+        json!([["remote_addr", "ipmatch", "0.0.0.0/0"]]),
+        &get("/")
+    ));
 }
 
 #[test]
@@ -452,8 +523,14 @@ fn logical_groups() {
     assert!(ev(json!(["or", f, t]), &q));
     assert!(!ev(json!(["!or", f, t]), &q));
     // deep nesting, and arrays of rules as AND groups
-    assert!(ev(json!([["OR", ["AND", f, t], ["!AND", f, ["OR", f, f]]], t]), &q));
-    assert!(!ev(json!([["OR", ["AND", f, t], ["AND", t, ["!OR", f, t]]]]), &q));
+    assert!(ev(
+        json!([["OR", ["AND", f, t], ["!AND", f, ["OR", f, f]]], t]),
+        &q
+    ));
+    assert!(!ev(
+        json!([["OR", ["AND", f, t], ["AND", t, ["!OR", f, t]]]]),
+        &q
+    ));
     assert!(ev(json!([[t, t], t]), &q));
     assert!(!ev(json!([[t, f]]), &q));
     // top-level array is an AND
@@ -481,7 +558,10 @@ fn bool_and_number_equality() {
     assert!(ev(json!([["post_arg.stream", "~=", false]]), &q));
     assert!(!ev(json!([["post_arg.stream", "==", "true"]]), &q));
     assert!(ev(json!([["post_arg.n", "==", 5]]), &q));
-    assert!(ev(json!([["post_arg.n", "==", "5"]]), &q), "number vs numeric string compares numerically");
+    assert!(
+        ev(json!([["post_arg.n", "==", "5"]]), &q),
+        "number vs numeric string compares numerically"
+    );
     assert!(ev(json!([["post_arg.n", "==", "5.0"]]), &q));
     assert!(ev(json!([["post_arg.s", "==", 5]]), &q));
     assert!(ev(json!([["post_arg.n", ">", 4]]), &q));
@@ -492,7 +572,9 @@ fn bool_and_number_equality() {
 
 #[test]
 fn var_request_basics() {
-    let mut q = req("POST", "/v1/chat?x=1&y=2").host("API.Example.com:8443").remote("10.0.0.9");
+    let mut q = req("POST", "/v1/chat?x=1&y=2")
+        .host("API.Example.com:8443")
+        .remote("10.0.0.9");
     q.scheme = "https".into();
     q.port = 9443;
     assert!(ev(json!([["uri", "==", "/v1/chat"]]), &q));
@@ -505,10 +587,16 @@ fn var_request_basics() {
     assert!(ev(json!([["remote_addr", "==", "10.0.0.9"]]), &q));
     assert!(ev(json!([["query_string", "==", "x=1&y=2"]]), &q));
     assert!(ev(json!([["args", "==", "x=1&y=2"]]), &q));
-    assert!(ev(json!([["URI", "==", "/v1/chat"]]), &q), "fixed names are case-insensitive");
+    assert!(
+        ev(json!([["URI", "==", "/v1/chat"]]), &q),
+        "fixed names are case-insensitive"
+    );
     let bare = get("/p");
     assert!(ev(json!([["request_uri", "==", "/p"]]), &bare));
-    assert!(ev(json!([["query_string", "~=", ""]]), &bare), "no query: unset");
+    assert!(
+        ev(json!([["query_string", "~=", ""]]), &bare),
+        "no query: unset"
+    );
     assert!(!ev(json!([["host", "~~", ""]]), &bare), "no host: unset");
     assert!(!ev(json!([["remote_addr", "~~", ""]]), &bare));
     let v6 = get("/").host("[::1]:80").remote("::ffff:1.2.3.4");
@@ -518,16 +606,27 @@ fn var_request_basics() {
 
 #[test]
 fn var_args_percent_decoding() {
-    let q = get("/?name=hello%20world&plus=a+b&enc%5Fkey=v&dup=1&dup=2&bad=%zz%4&utf=%C3%A9&empty=&k=v=w");
+    let q = get(
+        "/?name=hello%20world&plus=a+b&enc%5Fkey=v&dup=1&dup=2&bad=%zz%4&utf=%C3%A9&empty=&k=v=w",
+    );
     assert!(ev(json!([["arg_name", "==", "hello world"]]), &q));
     assert!(ev(json!([["arg_plus", "==", "a b"]]), &q));
-    assert!(ev(json!([["arg_enc_key", "==", "v"]]), &q), "names are decoded too");
+    assert!(
+        ev(json!([["arg_enc_key", "==", "v"]]), &q),
+        "names are decoded too"
+    );
     assert!(ev(json!([["arg_dup", "==", "1"]]), &q), "first value wins");
-    assert!(ev(json!([["arg_bad", "==", "%zz%4"]]), &q), "malformed escapes stay literal");
+    assert!(
+        ev(json!([["arg_bad", "==", "%zz%4"]]), &q),
+        "malformed escapes stay literal"
+    );
     assert!(ev(json!([["arg_utf", "==", "é"]]), &q));
     assert!(ev(json!([["arg_empty", "==", ""]]), &q));
     assert!(ev(json!([["arg_k", "==", "v=w"]]), &q));
-    assert!(!ev(json!([["arg_NAME", "==", "hello world"]]), &q), "names are case-sensitive");
+    assert!(
+        !ev(json!([["arg_NAME", "==", "hello world"]]), &q),
+        "names are case-sensitive"
+    );
     assert!(!ev(json!([["arg_x", "~=", "1"]]), &get("/?x=1")));
     // invalid UTF-8 after decoding does not panic
     assert!(ev(json!([["arg_b", "~~", "^\u{fffd}"]]), &get("/?b=%ff")));
@@ -545,7 +644,10 @@ fn var_headers() {
     assert!(ev(json!([["http_X_USER_ID", "==", 42]]), &q));
     assert!(ev(json!([["http_x_multi", "==", "a, b"]]), &q));
     assert!(ev(json!([["content_type", "~~", "^application/json"]]), &q));
-    assert!(ev(json!([["http_content_type", "~~", "^application/json"]]), &q));
+    assert!(ev(
+        json!([["http_content_type", "~~", "^application/json"]]),
+        &q
+    ));
     assert!(ev(json!([["http_host", "==", "h.example"]]), &q));
     assert!(!ev(json!([["http_x_absent", "==", ""]]), &q));
     // HTTP/2: no Host header, :authority passed as `host`
@@ -555,15 +657,23 @@ fn var_headers() {
 
 #[test]
 fn var_cookies() {
-    let q = get("/").header("cookie", "session=abc; theme=dark ;  lang=en").header("cookie", "extra=1; session=zzz");
+    let q = get("/")
+        .header("cookie", "session=abc; theme=dark ;  lang=en")
+        .header("cookie", "extra=1; session=zzz");
     assert!(ev(json!([["cookie_session", "==", "abc"]]), &q));
     assert!(ev(json!([["cookie_theme", "==", "dark"]]), &q));
     assert!(ev(json!([["cookie_lang", "==", "en"]]), &q));
     assert!(ev(json!([["cookie_extra", "==", "1"]]), &q));
-    assert!(!ev(json!([["cookie_Session", "==", "abc"]]), &q), "names are case-sensitive");
+    assert!(
+        !ev(json!([["cookie_Session", "==", "abc"]]), &q),
+        "names are case-sensitive"
+    );
     assert!(!ev(json!([["cookie_none", "==", ""]]), &q));
     assert!(!ev(json!([["cookie_a", "==", "1"]]), &get("/")));
-    assert!(ev(json!([["http_cookie", "~~", "lang=en; extra=1"]]), &q), "joined with '; '");
+    assert!(
+        ev(json!([["http_cookie", "~~", "lang=en; extra=1"]]), &q),
+        "joined with '; '"
+    );
 }
 
 #[test]
@@ -582,13 +692,22 @@ fn var_post_arg() {
     assert!(ev(json!([["post_arg.max_tokens", ">=", 500]]), &q));
     assert!(ev(json!([["post_arg.meta.tenant.id", "==", "t1"]]), &q));
     assert!(ev(json!([["post_arg.messages[1].role", "==", "user"]]), &q));
-    assert!(ev(json!([["post_arg.messages.0.role", "==", "system"]]), &q));
+    assert!(ev(
+        json!([["post_arg.messages.0.role", "==", "system"]]),
+        &q
+    ));
     assert!(ev(json!([["post_arg.tags", "has", "b"]]), &q));
-    assert!(!ev(json!([["post_arg.meta.tenant.missing", "==", "t1"]]), &q));
+    assert!(!ev(
+        json!([["post_arg.meta.tenant.missing", "==", "t1"]]),
+        &q
+    ));
     assert!(!ev(json!([["post_arg.model.deeper", "==", "x"]]), &q));
     assert!(!ev(json!([["post_arg.nothing", "==", "x"]]), &q));
     assert!(ev(json!([["post_arg.nothing", "~=", "x"]]), &q));
-    assert!(!ev(json!([["post_arg.meta", "==", "x"]]), &q), "objects compare unequal");
+    assert!(
+        !ev(json!([["post_arg.meta", "==", "x"]]), &q),
+        "objects compare unequal"
+    );
     // Without a body the variable is unset.
     assert!(!ev(json!([["post_arg.model", "==", "gpt-4o"]]), &get("/")));
     assert!(ev(json!([["post_arg.model", "~=", "gpt-4o"]]), &get("/")));
@@ -598,7 +717,10 @@ fn var_post_arg() {
     for i in (0..20).rev() {
         v = json!({ format!("k{i}"): v });
     }
-    assert!(ev(json!([[format!("post_arg{deep}"), "==", "leaf"]]), &get("/").body(v)));
+    assert!(ev(
+        json!([[format!("post_arg{deep}"), "==", "leaf"]]),
+        &get("/").body(v)
+    ));
 }
 
 #[test]
@@ -610,16 +732,29 @@ fn post_args_json_impl() {
     assert_eq!(b.post_arg(&["a", "b", "x"]), None);
     assert_eq!(b.post_arg(&["a", "b", "9"]), None);
     // nested objects are dropped from lists; scalars stay
-    assert_eq!(b.post_arg(&["a", "b"]), Some(Value::List(vec![Value::Num(1.0), Value::Str("two".into())])));
+    assert_eq!(
+        b.post_arg(&["a", "b"]),
+        Some(Value::List(vec![Value::Num(1.0), Value::Str("two".into())]))
+    );
 }
 
 #[test]
 fn reads_body_flag() {
-    assert!(Expr::compile(&json!([["post_arg.a", "==", "1"]])).unwrap().reads_body());
-    assert!(Expr::compile(&json!([["OR", ["arg_a", "==", "1"], ["AND", ["uri", "==", "/"], ["post_arg.x.y", "==", 1]]]]))
+    assert!(Expr::compile(&json!([["post_arg.a", "==", "1"]]))
         .unwrap()
         .reads_body());
-    assert!(!Expr::compile(&json!([["arg_a", "==", "1"], ["http_x", "~~", "a"]])).unwrap().reads_body());
+    assert!(Expr::compile(&json!([[
+        "OR",
+        ["arg_a", "==", "1"],
+        ["AND", ["uri", "==", "/"], ["post_arg.x.y", "==", 1]]
+    ]]))
+    .unwrap()
+    .reads_body());
+    assert!(
+        !Expr::compile(&json!([["arg_a", "==", "1"], ["http_x", "~~", "a"]]))
+            .unwrap()
+            .reads_body()
+    );
 }
 
 // ---------------------------------------------------------------- vars: compile errors
@@ -627,42 +762,129 @@ fn reads_body_flag() {
 #[test]
 fn compile_errors() {
     let cases = [
-        (json!([["arg_name", "=~", "x"]]), "vars[0]: unknown operator \"=~\""),
-        (json!([["arg_a", "==", "1"], ["argname", "==", "json"]]), "vars[1]: unknown variable \"argname\""),
-        (json!([["arg_", "==", "1"]]), "vars[0]: unknown variable \"arg_\""),
-        (json!([["OR", ["arg_a", "==", "1"], ["arg_b", "lt", 2]]]), "vars[0][2]: unknown operator \"lt\""),
-        (json!(["OR", ["arg_a", "==", "1"], ["nope", "==", 2]]), "vars[2]: unknown variable \"nope\""),
-        (json!([["OR", ["arg_a", "==", "1"]]]), "vars[0]: logical group \"OR\" needs at least two"),
-        (json!([["arg_a", "==", "1", "x"]]), "vars[0]: a four-element rule must be"),
-        (json!([["arg_a", "!", "==", "1", "x"]]), "vars[0]: a rule is"),
+        (
+            json!([["arg_name", "=~", "x"]]),
+            "vars[0]: unknown operator \"=~\"",
+        ),
+        (
+            json!([["arg_a", "==", "1"], ["argname", "==", "json"]]),
+            "vars[1]: unknown variable \"argname\"",
+        ),
+        (
+            json!([["arg_", "==", "1"]]),
+            "vars[0]: unknown variable \"arg_\"",
+        ),
+        (
+            json!([["OR", ["arg_a", "==", "1"], ["arg_b", "lt", 2]]]),
+            "vars[0][2]: unknown operator \"lt\"",
+        ),
+        (
+            json!(["OR", ["arg_a", "==", "1"], ["nope", "==", 2]]),
+            "vars[2]: unknown variable \"nope\"",
+        ),
+        (
+            json!([["OR", ["arg_a", "==", "1"]]]),
+            "vars[0]: logical group \"OR\" needs at least two",
+        ),
+        (
+            json!([["arg_a", "==", "1", "x"]]),
+            "vars[0]: a four-element rule must be",
+        ),
+        (
+            json!([["arg_a", "!", "==", "1", "x"]]),
+            "vars[0]: a rule is",
+        ),
         (json!([["arg_a"]]), "vars[0]: a rule is"),
-        (json!([["arg_a", "=="]]), "vars[0]: operator \"==\" has no value"),
-        (json!([["arg_a", ">", "ten"]]), "vars[0]: operator \">\" needs a number"),
-        (json!([["arg_a", "in", "a"]]), "vars[0]: operator \"in\" needs an array"),
-        (json!([["arg_a", "in", [["a"]]]]), "vars[0]: operator \"in\" needs a string, number or boolean"),
-        (json!([["arg_a", "==", null]]), "vars[0]: operator \"==\" needs a string, number or boolean"),
-        (json!([["arg_a", "==", {"x": 1}]]), "vars[0]: operator \"==\" needs"),
-        (json!([["arg_a", "~~", "(unclosed"]]), "vars[0]: bad regular expression"),
-        (json!([["arg_a", "~~", "(?<=a)b"]]), "vars[0]: bad regular expression"),
-        (json!([["arg_a", "~~", 5]]), "vars[0]: operator \"~~\" needs a regular expression string"),
-        (json!([["remote_addr", "ipmatch", "10.0.0.0/99"]]), "vars[0]: prefix length 99"),
-        (json!([["remote_addr", "ipmatch", []]]), "vars[0]: operator \"ipmatch\" needs at least one"),
-        (json!([["remote_addr", "ipmatch", [1]]]), "vars[0]: operator \"ipmatch\" needs IP/CIDR strings"),
-        (json!([["http_bad header", "==", "1"]]), "vars[0]: variable \"http_bad header\""),
-        (json!([["post_arg.a..b", "==", "1"]]), "vars[0]: variable \"post_arg.a..b\": empty field name"),
-        (json!([["post_arg.a[*]", "==", "1"]]), "only numeric indexes"),
+        (
+            json!([["arg_a", "=="]]),
+            "vars[0]: operator \"==\" has no value",
+        ),
+        (
+            json!([["arg_a", ">", "ten"]]),
+            "vars[0]: operator \">\" needs a number",
+        ),
+        (
+            json!([["arg_a", "in", "a"]]),
+            "vars[0]: operator \"in\" needs an array",
+        ),
+        (
+            json!([["arg_a", "in", [["a"]]]]),
+            "vars[0]: operator \"in\" needs a string, number or boolean",
+        ),
+        (
+            json!([["arg_a", "==", null]]),
+            "vars[0]: operator \"==\" needs a string, number or boolean",
+        ),
+        (
+            json!([["arg_a", "==", {"x": 1}]]),
+            "vars[0]: operator \"==\" needs",
+        ),
+        (
+            json!([["arg_a", "~~", "(unclosed"]]),
+            "vars[0]: bad regular expression",
+        ),
+        (
+            json!([["arg_a", "~~", "(?<=a)b"]]),
+            "vars[0]: bad regular expression",
+        ),
+        (
+            json!([["arg_a", "~~", 5]]),
+            "vars[0]: operator \"~~\" needs a regular expression string",
+        ),
+        (
+            json!([["remote_addr", "ipmatch", "10.0.0.0/99"]]),
+            "vars[0]: prefix length 99",
+        ),
+        (
+            json!([["remote_addr", "ipmatch", []]]),
+            "vars[0]: operator \"ipmatch\" needs at least one",
+        ),
+        (
+            json!([["remote_addr", "ipmatch", [1]]]),
+            "vars[0]: operator \"ipmatch\" needs IP/CIDR strings",
+        ),
+        (
+            json!([["http_bad header", "==", "1"]]),
+            "vars[0]: variable \"http_bad header\"",
+        ),
+        (
+            json!([["post_arg.a..b", "==", "1"]]),
+            "vars[0]: variable \"post_arg.a..b\": empty field name",
+        ),
+        (
+            json!([["post_arg.a[*]", "==", "1"]]),
+            "only numeric indexes",
+        ),
         (json!([["post_arg.a[0", "==", "1"]]), "unclosed '['"),
-        (json!([[5, "==", "1"]]), "vars[0]: the variable name must be a string"),
-        (json!([["arg_a", 5, "1"]]), "vars[0]: the operator must be a string"),
+        (
+            json!([[5, "==", "1"]]),
+            "vars[0]: the variable name must be a string",
+        ),
+        (
+            json!([["arg_a", 5, "1"]]),
+            "vars[0]: the operator must be a string",
+        ),
         (json!([[]]), "vars[0]: empty rule"),
-        (json!(["arg_a", "==", "1"]), "vars: each rule must be wrapped in its own array"),
+        (
+            json!(["arg_a", "==", "1"]),
+            "vars: each rule must be wrapped in its own array",
+        ),
         (json!({"arg_a": 1}), "vars: must be an array"),
-        (json!([["arg_a", "==", "1"], "x"]), "vars[1]: expected a rule"),
-        (json!([[["arg_a", "==", "1"], ["bad", "==", "1"]]]), "vars[0][1]: unknown variable \"bad\""),
+        (
+            json!([["arg_a", "==", "1"], "x"]),
+            "vars[1]: expected a rule",
+        ),
+        (
+            json!([[["arg_a", "==", "1"], ["bad", "==", "1"]]]),
+            "vars[0][1]: unknown variable \"bad\"",
+        ),
     ];
     for (v, want) in cases {
         let err = compile_err(v.clone());
-        assert!(err.starts_with(want) || err.contains(want), "{v}: got {err:?}, want {want:?}");
+        assert!(
+            err.starts_with(want) || err.contains(want),
+            "{v}: got {err:?}, want {want:?}"
+        );
     }
 }
 
@@ -682,31 +904,56 @@ fn route_with_vars() {
 
 #[test]
 fn needs_body() {
-    let body_route = with_vars(methods(route(1, &["/chat"]), &["POST"]), json!([["post_arg.model", "==", "gpt"]]));
+    let body_route = with_vars(
+        methods(route(1, &["/chat"]), &["POST"]),
+        json!([["post_arg.model", "==", "gpt"]]),
+    );
     let r = router(vec![body_route.clone(), route(2, &["/chat"])]);
     assert!(r.needs_body(&req("POST", "/chat").view()));
-    assert!(!r.needs_body(&req("GET", "/chat").view()), "method rules the body route out");
-    assert!(!r.needs_body(&req("POST", "/other").view()), "no candidates");
-    assert_eq!(find(&r, &req("POST", "/chat")), Some(2), "without the body, post_arg is unset");
-    assert_eq!(find(&r, &req("POST", "/chat").body(json!({"model": "gpt"}))), Some(1));
+    assert!(
+        !r.needs_body(&req("GET", "/chat").view()),
+        "method rules the body route out"
+    );
+    assert!(
+        !r.needs_body(&req("POST", "/other").view()),
+        "no candidates"
+    );
+    assert_eq!(
+        find(&r, &req("POST", "/chat")),
+        Some(2),
+        "without the body, post_arg is unset"
+    );
+    assert_eq!(
+        find(&r, &req("POST", "/chat").body(json!({"model": "gpt"}))),
+        Some(1)
+    );
 
     // An earlier candidate that matches outright makes the body irrelevant.
     let r = router(vec![prio(route(0, &["/chat"]), 10), body_route.clone()]);
     assert!(!r.needs_body(&req("POST", "/chat").view()));
     // ... unless its own (non-body) vars fail for this request.
     let r = router(vec![
-        prio(with_vars(route(0, &["/chat"]), json!([["http_x_fast", "==", "1"]])), 10),
+        prio(
+            with_vars(route(0, &["/chat"]), json!([["http_x_fast", "==", "1"]])),
+            10,
+        ),
         body_route.clone(),
     ]);
     assert!(!r.needs_body(&req("POST", "/chat").header("x-fast", "1").view()));
     assert!(r.needs_body(&req("POST", "/chat").view()));
     // Host and remote address are checked before deciding.
-    let r = router(vec![hosts(remotes(body_route.clone(), &["10.0.0.0/8"]), &["a.com"])]);
+    let r = router(vec![hosts(
+        remotes(body_route.clone(), &["10.0.0.0/8"]),
+        &["a.com"],
+    )]);
     assert!(r.needs_body(&req("POST", "/chat").host("a.com").remote("10.0.0.1").view()));
     assert!(!r.needs_body(&req("POST", "/chat").host("b.com").remote("10.0.0.1").view()));
     assert!(!r.needs_body(&req("POST", "/chat").host("a.com").remote("11.0.0.1").view()));
     // Prefix candidates count too.
-    let r = router(vec![route(1, &["/chat"]), with_vars(route(2, &["/*"]), json!([["post_arg.x", "==", 1]]))]);
+    let r = router(vec![
+        route(1, &["/chat"]),
+        with_vars(route(2, &["/*"]), json!([["post_arg.x", "==", 1]])),
+    ]);
     assert!(!r.needs_body(&get("/chat").view()));
     assert!(r.needs_body(&get("/other").view()));
 }
@@ -727,16 +974,34 @@ fn host_uri_mode_prefers_host_routes() {
     let hu = Router::with_mode(entries, MatchMode::HostUri).unwrap();
     let q = get("/api/chat").host("A.com");
     assert_eq!(find(&uri, &q), Some(1), "radixtree_uri: exact uri wins");
-    assert_eq!(find(&hu, &q), Some(2), "radixtree_host_uri: host route wins");
-    assert_eq!(find(&hu, &get("/api/chat").host("y.x.a.com:443")), Some(4), "longest wildcard first");
+    assert_eq!(
+        find(&hu, &q),
+        Some(2),
+        "radixtree_host_uri: host route wins"
+    );
+    assert_eq!(
+        find(&hu, &get("/api/chat").host("y.x.a.com:443")),
+        Some(4),
+        "longest wildcard first"
+    );
     assert_eq!(find(&hu, &get("/api/chat").host("y.a.com")), Some(3));
-    assert_eq!(find(&hu, &get("/api/chat").host("b.com")), Some(1), "host group miss falls back to host-less routes");
+    assert_eq!(
+        find(&hu, &get("/api/chat").host("b.com")),
+        Some(1),
+        "host group miss falls back to host-less routes"
+    );
     assert_eq!(find(&hu, &req("POST", "/api/chat").host("b.com")), Some(5));
     assert_eq!(find(&hu, &get("/api/chat").host("[::1]:1")), Some(6));
     assert_eq!(find(&hu, &get("/api/chat")), Some(1));
     assert_eq!(find(&hu, &get("/other").host("c.com")), None);
-    assert_eq!(MatchMode::from_apisix("radixtree_host_uri"), Some(MatchMode::HostUri));
-    assert_eq!(MatchMode::from_apisix("radixtree_uri"), Some(MatchMode::Uri));
+    assert_eq!(
+        MatchMode::from_apisix("radixtree_host_uri"),
+        Some(MatchMode::HostUri)
+    );
+    assert_eq!(
+        MatchMode::from_apisix("radixtree_uri"),
+        Some(MatchMode::Uri)
+    );
     assert_eq!(MatchMode::from_apisix("radixtree_uri_with_parameter"), None);
 }
 
@@ -770,11 +1035,56 @@ impl Rng {
     }
 }
 
-const SEGS: &[&str] = &["v1", "v2", "chat", "completions", "team-1", "team-2", "team-3", "a", "ab", "abc", "models", "x"];
-const HOSTS: &[&str] = &["a.com", "b.com", "api.a.com", "x.api.a.com", "c.org", "[::1]", "10.0.0.1"];
-const HOST_PATS: &[&str] = &["a.com", "b.com", "api.a.com", "*.a.com", "*.api.a.com", "*a.com", "c.org", "[::1]", "10.0.0.1"];
-const REMOTE_PATS: &[&str] = &["10.0.0.0/8", "10.1.0.0/16", "192.168.0.1", "2001:db8::/32", "::1"];
-const REMOTES: &[&str] = &["10.1.2.3", "10.2.0.1", "192.168.0.1", "192.168.0.2", "2001:db8::5", "::1", "::ffff:10.1.0.9"];
+const SEGS: &[&str] = &[
+    "v1",
+    "v2",
+    "chat",
+    "completions",
+    "team-1",
+    "team-2",
+    "team-3",
+    "a",
+    "ab",
+    "abc",
+    "models",
+    "x",
+];
+const HOSTS: &[&str] = &[
+    "a.com",
+    "b.com",
+    "api.a.com",
+    "x.api.a.com",
+    "c.org",
+    "[::1]",
+    "10.0.0.1",
+];
+const HOST_PATS: &[&str] = &[
+    "a.com",
+    "b.com",
+    "api.a.com",
+    "*.a.com",
+    "*.api.a.com",
+    "*a.com",
+    "c.org",
+    "[::1]",
+    "10.0.0.1",
+];
+const REMOTE_PATS: &[&str] = &[
+    "10.0.0.0/8",
+    "10.1.0.0/16",
+    "192.168.0.1",
+    "2001:db8::/32",
+    "::1",
+];
+const REMOTES: &[&str] = &[
+    "10.1.2.3",
+    "10.2.0.1",
+    "192.168.0.1",
+    "192.168.0.2",
+    "2001:db8::5",
+    "::1",
+    "::ffff:10.1.0.9",
+];
 const METHOD_SET: &[&str] = &["GET", "POST", "PUT", "DELETE"];
 
 fn random_path(rng: &mut Rng) -> String {
@@ -821,13 +1131,40 @@ fn random_spec(rng: &mut Rng) -> Spec {
     let methods = if rng.chance(60) {
         None
     } else {
-        Some((0..n_methods).map(|_| rng.pick(METHOD_SET).to_string()).collect())
+        Some(
+            (0..n_methods)
+                .map(|_| rng.pick(METHOD_SET).to_string())
+                .collect(),
+        )
     };
-    let hosts = if rng.chance(70) { Vec::new() } else { (0..1 + rng.below(2)).map(|_| rng.pick(HOST_PATS).to_string()).collect() };
-    let remotes = if rng.chance(85) { Vec::new() } else { (0..1 + rng.below(2)).map(|_| rng.pick(REMOTE_PATS).to_string()).collect() };
+    let hosts = if rng.chance(70) {
+        Vec::new()
+    } else {
+        (0..1 + rng.below(2))
+            .map(|_| rng.pick(HOST_PATS).to_string())
+            .collect()
+    };
+    let remotes = if rng.chance(85) {
+        Vec::new()
+    } else {
+        (0..1 + rng.below(2))
+            .map(|_| rng.pick(REMOTE_PATS).to_string())
+            .collect()
+    };
     let catch_all = uris.iter().any(|u| u == "/*");
-    let tenant = if rng.chance(80) && !catch_all { None } else { Some(format!("t{}", rng.below(3))) };
-    Spec { uris, methods, hosts, remotes, tenant, priority: rng.below(3) as i64 - 1 }
+    let tenant = if rng.chance(80) && !catch_all {
+        None
+    } else {
+        Some(format!("t{}", rng.below(3)))
+    };
+    Spec {
+        uris,
+        methods,
+        hosts,
+        remotes,
+        tenant,
+        priority: rng.below(3) as i64 - 1,
+    }
 }
 
 /// The reference: enumerate every (host group, uri) placement of every
@@ -839,7 +1176,13 @@ fn reference(specs: &[Spec], q: &Req, mode: MatchMode) -> Option<usize> {
         if let Some(rest) = h.strip_prefix('[') {
             return rest.split(']').next().map(|s| s.to_string());
         }
-        Some(h.split(':').next().unwrap_or("").trim_end_matches('.').to_string())
+        Some(
+            h.split(':')
+                .next()
+                .unwrap_or("")
+                .trim_end_matches('.')
+                .to_string(),
+        )
     });
     let host_matches = |pat: &str| -> Option<(u8, i64)> {
         let h = host.as_deref()?;
@@ -857,7 +1200,9 @@ fn reference(specs: &[Spec], q: &Req, mode: MatchMode) -> Option<usize> {
     });
     let in_cidr = |pat: &str| -> bool {
         let Some(ip) = remote else { return false };
-        let (net, len) = pat.split_once('/').unwrap_or((pat, if pat.contains(':') { "128" } else { "32" }));
+        let (net, len) = pat
+            .split_once('/')
+            .unwrap_or((pat, if pat.contains(':') { "128" } else { "32" }));
         let len: u32 = len.parse().unwrap();
         match (net.parse::<IpAddr>().unwrap(), ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
@@ -865,7 +1210,11 @@ fn reference(specs: &[Spec], q: &Req, mode: MatchMode) -> Option<usize> {
                 u32::from(n) & m == u32::from(a) & m
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let m = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+                let m = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
                 u128::from(n) & m == u128::from(a) & m
             }
             _ => false,
@@ -907,7 +1256,10 @@ fn reference(specs: &[Spec], q: &Req, mode: MatchMode) -> Option<usize> {
                 continue;
             }
         }
-        if mode == MatchMode::Uri && !s.hosts.is_empty() && !s.hosts.iter().any(|h| host_matches(h).is_some()) {
+        if mode == MatchMode::Uri
+            && !s.hosts.is_empty()
+            && !s.hosts.iter().any(|h| host_matches(h).is_some())
+        {
             continue;
         }
         if !s.remotes.is_empty() && !s.remotes.iter().any(|r| in_cidr(r)) {
@@ -935,7 +1287,10 @@ fn check_against_reference(mode: MatchMode, seed: u64) {
             methods: s.methods.clone(),
             hosts: s.hosts.clone(),
             remote_addrs: s.remotes.clone(),
-            vars: s.tenant.as_ref().map(|t| Expr::compile(&json!([["http_x_tenant", "==", t]])).unwrap()),
+            vars: s
+                .tenant
+                .as_ref()
+                .map(|t| Expr::compile(&json!([["http_x_tenant", "==", t]])).unwrap()),
             priority: s.priority,
         })
         .collect();
@@ -960,8 +1315,16 @@ fn check_against_reference(mode: MatchMode, seed: u64) {
         let mut q = req(rng.pick(&["GET", "POST", "PUT", "DELETE", "PATCH"]), &path);
         if rng.chance(80) {
             let h = rng.pick(HOSTS).to_string();
-            let h = if rng.chance(30) { h.to_ascii_uppercase() } else { h };
-            q = q.host(&if rng.chance(30) { format!("{h}:8080") } else { h });
+            let h = if rng.chance(30) {
+                h.to_ascii_uppercase()
+            } else {
+                h
+            };
+            q = q.host(&if rng.chance(30) {
+                format!("{h}:8080")
+            } else {
+                h
+            });
         }
         if rng.chance(80) {
             q = q.remote(rng.pick(REMOTES));
@@ -971,7 +1334,11 @@ fn check_against_reference(mode: MatchMode, seed: u64) {
         }
         let want = reference(&specs, &q, mode);
         let got = find(&r, &q);
-        assert_eq!(got, want, "request #{n}: {} {} host={:?} remote={:?} headers={:?}", q.method, q.path, q.host, q.remote, q.headers);
+        assert_eq!(
+            got, want,
+            "request #{n}: {} {} host={:?} remote={:?} headers={:?}",
+            q.method, q.path, q.host, q.remote, q.headers
+        );
         hits += usize::from(got.is_some());
     }
     eprintln!("{mode:?}: {hits} hits of 3000");
@@ -995,12 +1362,34 @@ fn brute_force_5000_routes_host_uri_mode() {
 fn hostile_inputs_do_not_panic() {
     let r = router(vec![
         hosts(route(1, &["/*"]), &["*.a.com"]),
-        with_vars(route(2, &["/é/*"]), json!([["arg_é", "==", "x"], ["cookie_c", "~=", "1"], ["host", "~~", "."]])),
+        with_vars(
+            route(2, &["/é/*"]),
+            json!([
+                ["arg_é", "==", "x"],
+                ["cookie_c", "~=", "1"],
+                ["host", "~~", "."]
+            ]),
+        ),
     ]);
-    let hr = Router::with_mode(vec![hosts(route(1, &["/*"]), &["*.a.com", "e.com"])], MatchMode::HostUri).unwrap();
+    let hr = Router::with_mode(
+        vec![hosts(route(1, &["/*"]), &["*.a.com", "e.com"])],
+        MatchMode::HostUri,
+    )
+    .unwrap();
     let long_host = "é".repeat(300);
     let weird_paths = ["", "*", "é", "/é/", "/é/x?", "\u{0}", "/%", "//////"];
-    let weird_hosts = ["", ":", "[", "]", "[:]", "é.a.com", "x.é.a.com:1", long_host.as_str(), "A.A.COM.", "..."];
+    let weird_hosts = [
+        "",
+        ":",
+        "[",
+        "]",
+        "[:]",
+        "é.a.com",
+        "x.é.a.com:1",
+        long_host.as_str(),
+        "A.A.COM.",
+        "...",
+    ];
     for p in weird_paths {
         for h in weird_hosts {
             for qs in [None, Some(""), Some("&&=&é=%"), Some("%é=x&arg_é=%C3")] {
@@ -1018,8 +1407,29 @@ fn hostile_inputs_do_not_panic() {
 fn random_vars_never_panic() {
     fn gen(rng: &mut Rng, depth: usize) -> Json {
         const ATOMS: &[&str] = &[
-            "OR", "!and", "!", "==", "~=", ">", "in", "has", "~~", "~*", "ipmatch", "arg_a", "http_x", "cookie_c",
-            "post_arg.a.b", "post_arg.a[0]", "uri", "host", "remote_addr", "10.0.0.0/8", "(", "a", "",
+            "OR",
+            "!and",
+            "!",
+            "==",
+            "~=",
+            ">",
+            "in",
+            "has",
+            "~~",
+            "~*",
+            "ipmatch",
+            "arg_a",
+            "http_x",
+            "cookie_c",
+            "post_arg.a.b",
+            "post_arg.a[0]",
+            "uri",
+            "host",
+            "remote_addr",
+            "10.0.0.0/8",
+            "(",
+            "a",
+            "",
         ];
         match rng.below(if depth > 3 { 4 } else { 7 }) {
             0 => Json::String(rng.pick(ATOMS).to_string()),
@@ -1030,7 +1440,12 @@ fn random_vars_never_panic() {
         }
     }
     let mut rng = Rng(42);
-    let q = get("/x?a=1&b").header("x", "10.1.1.1").header("cookie", "c=1").host("h").remote("::1").body(json!({"a": {"b": [1]}}));
+    let q = get("/x?a=1&b")
+        .header("x", "10.1.1.1")
+        .header("cookie", "c=1")
+        .host("h")
+        .remote("::1")
+        .body(json!({"a": {"b": [1]}}));
     let mut compiled = 0;
     for _ in 0..20_000 {
         let v = gen(&mut rng, 0);

@@ -153,7 +153,9 @@ enum Op {
     IpMatch(Box<[Cidr]>),
 }
 
-const OPERATORS: &[&str] = &["==", "~=", ">", "<", ">=", "<=", "in", "has", "~~", "~*", "ipmatch"];
+const OPERATORS: &[&str] = &[
+    "==", "~=", ">", "<", ">=", "<=", "in", "has", "~~", "~*", "ipmatch",
+];
 
 fn logic_op(s: &str) -> Option<Logic> {
     match s.to_ascii_uppercase().as_str() {
@@ -220,13 +222,24 @@ fn compile_and(arr: &[Json], path: &str, reads_body: &mut bool) -> Result<Group,
         .enumerate()
         .map(|(i, e)| compile_node(e, &format!("{path}[{i}]"), reads_body))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Group { logic: Logic::And, items })
+    Ok(Group {
+        logic: Logic::And,
+        items,
+    })
 }
 
 /// `["OR", e1, e2, ...]`: element paths keep their position in the array.
-fn compile_group(logic: Logic, name: &str, arr: &[Json], path: &str, reads_body: &mut bool) -> Result<Group, String> {
+fn compile_group(
+    logic: Logic,
+    name: &str,
+    arr: &[Json],
+    path: &str,
+    reads_body: &mut bool,
+) -> Result<Group, String> {
     if arr.len() < 3 {
-        return Err(format!("{path}: logical group {name:?} needs at least two expressions"));
+        return Err(format!(
+            "{path}: logical group {name:?} needs at least two expressions"
+        ));
     }
     let items = arr
         .iter()
@@ -238,9 +251,12 @@ fn compile_group(logic: Logic, name: &str, arr: &[Json], path: &str, reads_body:
 }
 
 fn compile_node(v: &Json, path: &str, reads_body: &mut bool) -> Result<Node, String> {
-    let arr = v
-        .as_array()
-        .ok_or_else(|| format!("{path}: expected a rule [var, op, value] or a group, got {}", short(v)))?;
+    let arr = v.as_array().ok_or_else(|| {
+        format!(
+            "{path}: expected a rule [var, op, value] or a group, got {}",
+            short(v)
+        )
+    })?;
     match arr.first() {
         None => Err(format!("{path}: empty rule")),
         Some(Json::Array(_)) => Ok(Node::Group(compile_and(arr, path, reads_body)?)),
@@ -248,7 +264,10 @@ fn compile_node(v: &Json, path: &str, reads_body: &mut bool) -> Result<Node, Str
             Some(logic) => Ok(Node::Group(compile_group(logic, s, arr, path, reads_body)?)),
             None => Ok(Node::Rule(compile_rule(arr, path, reads_body)?)),
         },
-        Some(other) => Err(format!("{path}: the variable name must be a string, got {}", short(other))),
+        Some(other) => Err(format!(
+            "{path}: the variable name must be a string, got {}",
+            short(other)
+        )),
     }
 }
 
@@ -256,7 +275,10 @@ fn compile_rule(arr: &[Json], path: &str, reads_body: &mut bool) -> Result<Rule,
     let (negate, op, value) = match arr.len() {
         4 => {
             if arr[1].as_str() != Some("!") {
-                return Err(format!("{path}: a four-element rule must be [var, \"!\", op, value], got {}", short(&arr[1])));
+                return Err(format!(
+                    "{path}: a four-element rule must be [var, \"!\", op, value], got {}",
+                    short(&arr[1])
+                ));
             }
             (true, Some(&arr[2]), &arr[3])
         }
@@ -270,7 +292,11 @@ fn compile_rule(arr: &[Json], path: &str, reads_body: &mut bool) -> Result<Rule,
             }
             (false, None, &arr[1])
         }
-        n => return Err(format!("{path}: a rule is [var, op, value] or [var, \"!\", op, value], got {n} elements")),
+        n => {
+            return Err(format!(
+                "{path}: a rule is [var, op, value] or [var, \"!\", op, value], got {n} elements"
+            ))
+        }
     };
     let name = arr[0].as_str().unwrap_or_default();
     let var = parse_var(name).map_err(|e| format!("{path}: {e}"))?;
@@ -280,7 +306,12 @@ fn compile_rule(arr: &[Json], path: &str, reads_body: &mut bool) -> Result<Rule,
     let op_name = match op {
         None => "==".to_string(),
         Some(Json::String(s)) => s.to_ascii_lowercase(),
-        Some(other) => return Err(format!("{path}: the operator must be a string, got {}", short(other))),
+        Some(other) => {
+            return Err(format!(
+                "{path}: the operator must be a string, got {}",
+                short(other)
+            ))
+        }
     };
     let op = compile_op(&op_name, value).map_err(|e| format!("{path}: {e}"))?;
     Ok(Rule { var, negate, op })
@@ -289,8 +320,11 @@ fn compile_rule(arr: &[Json], path: &str, reads_body: &mut bool) -> Result<Rule,
 fn compile_op(op: &str, v: &Json) -> Result<Op, String> {
     let number = |v: &Json| -> Result<f64, String> {
         match v {
-            Json::Number(n) => n.as_f64().ok_or_else(|| format!("operator {op:?} needs a number, got {}", short(v))),
-            Json::String(s) => parse_num(s).ok_or_else(|| format!("operator {op:?} needs a number, got {}", short(v))),
+            Json::Number(n) => n
+                .as_f64()
+                .ok_or_else(|| format!("operator {op:?} needs a number, got {}", short(v))),
+            Json::String(s) => parse_num(s)
+                .ok_or_else(|| format!("operator {op:?} needs a number, got {}", short(v))),
             _ => Err(format!("operator {op:?} needs a number, got {}", short(v))),
         }
     };
@@ -302,14 +336,27 @@ fn compile_op(op: &str, v: &Json) -> Result<Op, String> {
         "<" => Op::Lt(number(v)?),
         "<=" => Op::Le(number(v)?),
         "in" => match v {
-            Json::Array(items) => Op::In(items.iter().map(|i| scalar(op, i)).collect::<Result<_, _>>()?),
-            _ => return Err(format!("operator \"in\" needs an array of values, got {}", short(v))),
+            Json::Array(items) => Op::In(
+                items
+                    .iter()
+                    .map(|i| scalar(op, i))
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ => {
+                return Err(format!(
+                    "operator \"in\" needs an array of values, got {}",
+                    short(v)
+                ))
+            }
         },
         "has" => Op::Has(scalar(op, v)?),
         "~~" | "~*" => {
-            let pat = v
-                .as_str()
-                .ok_or_else(|| format!("operator {op:?} needs a regular expression string, got {}", short(v)))?;
+            let pat = v.as_str().ok_or_else(|| {
+                format!(
+                    "operator {op:?} needs a regular expression string, got {}",
+                    short(v)
+                )
+            })?;
             let re = RegexBuilder::new(pat)
                 .case_insensitive(op == "~*")
                 .build()
@@ -328,7 +375,10 @@ fn compile_op(op: &str, v: &Json) -> Result<Op, String> {
                 .into_iter()
                 .map(|i| match i.as_str() {
                     Some(s) => Cidr::parse(s),
-                    None => Err(format!("operator \"ipmatch\" needs IP/CIDR strings, got {}", short(i))),
+                    None => Err(format!(
+                        "operator \"ipmatch\" needs IP/CIDR strings, got {}",
+                        short(i)
+                    )),
                 })
                 .collect::<Result<_, _>>()?;
             Op::IpMatch(nets)
@@ -347,7 +397,10 @@ fn scalar(op: &str, v: &Json) -> Result<Lit, String> {
             .map(Lit::Num)
             .ok_or_else(|| format!("operator {op:?}: number {n} out of range")),
         Json::Bool(b) => Ok(Lit::Bool(*b)),
-        _ => Err(format!("operator {op:?} needs a string, number or boolean, got {}", short(v))),
+        _ => Err(format!(
+            "operator {op:?} needs a string, number or boolean, got {}",
+            short(v)
+        )),
     }
 }
 
@@ -419,7 +472,9 @@ fn parse_body_path(p: &str) -> Result<Vec<&str>, String> {
             let close = idx.find(']').ok_or("unclosed '[' in body path")?;
             let n = &idx[1..close];
             if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("only numeric indexes like [0] are supported in body paths, got [{n}]"));
+                return Err(format!(
+                    "only numeric indexes like [0] are supported in body paths, got [{n}]"
+                ));
             }
             out.push(n);
             idx = &idx[close + 1..];
@@ -448,7 +503,9 @@ pub(crate) fn parse_num(s: &str) -> Option<f64> {
         return Some(if neg { -v } else { v });
     }
     let plausible = body.bytes().any(|b| b.is_ascii_digit())
-        && body.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
     if !plausible {
         return None;
     }
@@ -679,7 +736,10 @@ fn decode_at(r: &[u8], i: usize) -> (u8, usize) {
 }
 
 fn decode_pct(r: &[u8], i: usize) -> (u8, usize) {
-    match (r.get(i + 1).copied().and_then(hex_val), r.get(i + 2).copied().and_then(hex_val)) {
+    match (
+        r.get(i + 1).copied().and_then(hex_val),
+        r.get(i + 2).copied().and_then(hex_val),
+    ) {
         (Some(h), Some(l)) => (h << 4 | l, 3),
         _ => (b'%', 1),
     }

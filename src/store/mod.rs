@@ -30,7 +30,9 @@ pub struct Snapshot {
     pub probes: Vec<Arc<crate::balancer::health::ActiveProbe>>,
 }
 
-const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE"];
+const METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE",
+];
 
 impl Snapshot {
     /// Every credential value configured (auth headers and query parameters), for log scrubbing.
@@ -50,7 +52,11 @@ impl Snapshot {
     }
 
     pub fn empty() -> Snapshot {
-        Snapshot { routes: Vec::new(), router: Router::new(Vec::new()).expect("empty router"), probes: Vec::new() }
+        Snapshot {
+            routes: Vec::new(),
+            router: Router::new(Vec::new()).expect("empty router"),
+            probes: Vec::new(),
+        }
     }
 
     pub fn build(file: &FileConfig) -> Result<Snapshot, ConfigError> {
@@ -58,7 +64,10 @@ impl Snapshot {
         for (i, s) in file.services.iter().enumerate() {
             let plugins = RoutePlugins::compile(s.plugins.as_ref(), &format!("services[{i}]"))?;
             if services.insert(s.id.to_string(), (i, s, plugins)).is_some() {
-                return Err(ConfigError::new(format!("services[{i}].id"), format!("duplicate service id {:?}", s.id.to_string())));
+                return Err(ConfigError::new(
+                    format!("services[{i}].id"),
+                    format!("duplicate service id {:?}", s.id.to_string()),
+                ));
             }
         }
         let mut seen = HashMap::new();
@@ -67,18 +76,25 @@ impl Snapshot {
         for (i, r) in file.routes.iter().enumerate() {
             let path = format!("routes[{i}]");
             if seen.insert(r.id.to_string(), i).is_some() {
-                return Err(ConfigError::new(format!("{path}.id"), format!("duplicate route id {:?}", r.id.to_string())));
+                return Err(ConfigError::new(
+                    format!("{path}.id"),
+                    format!("duplicate route id {:?}", r.id.to_string()),
+                ));
             }
             if r.status == Some(0) {
                 continue; // disabled, as in APISIX
             }
             let service = match &r.service_id {
                 Some(sid) => Some(services.get(&sid.to_string()).ok_or_else(|| {
-                    ConfigError::new(format!("{path}.service_id"), format!("service {:?} does not exist", sid.to_string()))
+                    ConfigError::new(
+                        format!("{path}.service_id"),
+                        format!("service {:?} does not exist", sid.to_string()),
+                    )
                 })?),
                 None => None,
             };
-            let (route, entry) = compile_route(r, &path, service.map(|(j, s, p)| (*j, *s, p)), routes.len())?;
+            let (route, entry) =
+                compile_route(r, &path, service.map(|(j, s, p)| (*j, *s, p)), routes.len())?;
             routes.push(Arc::new(route));
             entries.push(entry);
         }
@@ -94,7 +110,11 @@ impl Snapshot {
                 }
             }
         }
-        Ok(Snapshot { routes, router, probes })
+        Ok(Snapshot {
+            routes,
+            router,
+            probes,
+        })
     }
 }
 
@@ -117,7 +137,11 @@ fn compile_route(
         return Err(err(&format!(".{field}"), "must not be empty".into()));
     }
     for (j, u) in uris.iter().enumerate() {
-        let at = if field == "uri" { ".uri".to_string() } else { format!(".{field}[{j}]") };
+        let at = if field == "uri" {
+            ".uri".to_string()
+        } else {
+            format!(".{field}[{j}]")
+        };
         if !u.starts_with('/') {
             return Err(err(&at, format!("{u:?} must start with '/'")));
         }
@@ -129,7 +153,10 @@ fn compile_route(
         Some(ms) => {
             for (j, m) in ms.iter().enumerate() {
                 if !METHODS.contains(&m.as_str()) {
-                    return Err(err(&format!(".methods[{j}]"), format!("unknown method {m:?}")));
+                    return Err(err(
+                        &format!(".methods[{j}]"),
+                        format!("unknown method {m:?}"),
+                    ));
                 }
             }
             Some(ms.clone())
@@ -139,35 +166,56 @@ fn compile_route(
     let hosts = match (&r.host, &r.hosts) {
         (Some(h), None) => vec![h.clone()],
         (None, Some(h)) => h.clone(),
-        (None, None) => service.and_then(|(_, s, _)| s.hosts.clone()).unwrap_or_default(),
+        (None, None) => service
+            .and_then(|(_, s, _)| s.hosts.clone())
+            .unwrap_or_default(),
         _ => return Err(err("", "give only one of host and hosts".into())),
     };
     let remote_addrs = match (&r.remote_addr, &r.remote_addrs) {
         (Some(a), None) => vec![a.clone()],
         (None, Some(a)) => a.clone(),
         (None, None) => Vec::new(),
-        _ => return Err(err("", "give only one of remote_addr and remote_addrs".into())),
+        _ => {
+            return Err(err(
+                "",
+                "give only one of remote_addr and remote_addrs".into(),
+            ))
+        }
     };
     let vars = match &r.vars {
         Some(v) => Some(Expr::compile(v).map_err(|m| err(".vars", m))?),
         None => None,
     };
-    let service_path = service.map(|(j, _, _)| format!("services[{j}]")).unwrap_or_default();
+    let service_path = service
+        .map(|(j, _, _)| format!("services[{j}]"))
+        .unwrap_or_default();
     let own = RoutePlugins::compile(r.plugins.as_ref(), path)?;
     let plugins = match service {
         Some((_, _, shared)) => own.over(shared, path)?,
         None => own.over(&RoutePlugins::default(), path)?,
     };
-    let upstream = match (&r.upstream, service.and_then(|(_, s, _)| s.upstream.as_ref())) {
+    let upstream = match (
+        &r.upstream,
+        service.and_then(|(_, s, _)| s.upstream.as_ref()),
+    ) {
         (Some(u), _) => Some(Arc::new(Upstream::build(u, &format!("{path}.upstream"))?)),
-        (None, Some(u)) => Some(Arc::new(Upstream::build(u, &format!("{service_path}.upstream"))?)),
+        (None, Some(u)) => Some(Arc::new(Upstream::build(
+            u,
+            &format!("{service_path}.upstream"),
+        )?)),
         (None, None) => None,
     };
     if !plugins.is_ai() && upstream.is_none() {
-        return Err(err("", "route has nothing to proxy to: add ai-proxy, ai-proxy-multi or an upstream".into()));
+        return Err(err(
+            "",
+            "route has nothing to proxy to: add ai-proxy, ai-proxy-multi or an upstream".into(),
+        ));
     }
     if plugins.ai_proxy.as_ref().is_some_and(|p| p.passthrough) && upstream.is_none() {
-        return Err(err(".upstream", "ai-proxy passthrough needs the route's upstream to send the answer to".into()));
+        return Err(err(
+            ".upstream",
+            "ai-proxy passthrough needs the route's upstream to send the answer to".into(),
+        ));
     }
     let entry = RouteEntry {
         id: index,
@@ -178,7 +226,14 @@ fn compile_route(
         vars,
         priority: r.priority.unwrap_or(0),
     };
-    Ok((Route { id: r.id.to_string(), plugins, upstream }, entry))
+    Ok((
+        Route {
+            id: r.id.to_string(),
+            plugins,
+            upstream,
+        },
+        entry,
+    ))
 }
 
 /// The live snapshot, swapped atomically on change.
@@ -194,7 +249,9 @@ impl crate::balancer::health::ProbeSource for Arc<Store> {
 
 impl Store {
     pub fn new(s: Snapshot) -> Store {
-        Store { current: ArcSwap::from_pointee(s) }
+        Store {
+            current: ArcSwap::from_pointee(s),
+        }
     }
 
     pub fn load(&self) -> Arc<Snapshot> {

@@ -56,16 +56,25 @@ impl Upstream {
                 .map(|(k, w)| {
                     let (host, port) = split_host_port(k, default_port)
                         .ok_or_else(|| err(&format!(".nodes.{k}"), "expected host or host:port"))?;
-                    Ok(Node { host, port, weight: *w })
+                    Ok(Node {
+                        host,
+                        port,
+                        weight: *w,
+                    })
                 })
                 .collect::<Result<_, ConfigError>>()?,
             Nodes::List(l) => l
                 .iter()
                 .enumerate()
                 .map(|(i, n)| {
-                    let (host, port) = split_host_port(&n.host, default_port)
-                        .ok_or_else(|| err(&format!(".nodes[{i}].host"), "expected a host name or IP"))?;
-                    Ok(Node { host, port: n.port.unwrap_or(port), weight: n.weight })
+                    let (host, port) = split_host_port(&n.host, default_port).ok_or_else(|| {
+                        err(&format!(".nodes[{i}].host"), "expected a host name or IP")
+                    })?;
+                    Ok(Node {
+                        host,
+                        port: n.port.unwrap_or(port),
+                        weight: n.weight,
+                    })
                 })
                 .collect::<Result<_, ConfigError>>()?,
         };
@@ -77,7 +86,12 @@ impl Upstream {
             Some("node") => PassHost::Node,
             Some("rewrite") => match &conf.upstream_host {
                 Some(h) if !h.is_empty() => PassHost::Rewrite(h.clone()),
-                _ => return Err(err(".upstream_host", "is required when pass_host is rewrite")),
+                _ => {
+                    return Err(err(
+                        ".upstream_host",
+                        "is required when pass_host is rewrite",
+                    ))
+                }
             },
             Some(_) => return Err(err(".pass_host", "must be pass, node or rewrite")),
         };
@@ -86,7 +100,10 @@ impl Upstream {
             match v {
                 None => Ok(Duration::from_secs(60)),
                 Some(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
-                Some(_) => Err(err(&format!(".timeout.{field}"), "must be a positive number of seconds")),
+                Some(_) => Err(err(
+                    &format!(".timeout.{field}"),
+                    "must be a positive number of seconds",
+                )),
             }
         };
         let peer = PeerOptions {
@@ -97,7 +114,13 @@ impl Upstream {
             verify_tls: true,
         };
         let weights: Vec<u32> = nodes.iter().map(|n| n.weight).collect();
-        Ok(Upstream { balancer: SmoothWrr::new(&weights), nodes, tls, pass_host, peer })
+        Ok(Upstream {
+            balancer: SmoothWrr::new(&weights),
+            nodes,
+            tls,
+            pass_host,
+            peer,
+        })
     }
 
     pub fn pick(&self) -> &Node {
@@ -131,8 +154,14 @@ mod tests {
 
     #[test]
     fn host_port() {
-        assert_eq!(split_host_port("httpbin.org", 80), Some(("httpbin.org".into(), 80)));
-        assert_eq!(split_host_port("127.0.0.1:8080", 80), Some(("127.0.0.1".into(), 8080)));
+        assert_eq!(
+            split_host_port("httpbin.org", 80),
+            Some(("httpbin.org".into(), 80))
+        );
+        assert_eq!(
+            split_host_port("127.0.0.1:8080", 80),
+            Some(("127.0.0.1".into(), 8080))
+        );
         assert_eq!(split_host_port("[::1]:81", 80), Some(("::1".into(), 81)));
         assert_eq!(split_host_port("a:b", 80), None);
     }

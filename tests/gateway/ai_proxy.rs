@@ -46,10 +46,14 @@ fn seed_000_the_plugin_sets_the_model_and_the_key() {
     assert_eq!(sent["method"], "POST");
     assert_eq!(sent["path"], "/v1/chat/completions?api-version=1");
     assert_eq!(sent["headers"]["authorization"], "Bearer sk-configured");
-    let sent_body: serde_json::Value = serde_json::from_str(sent["body"].as_str().unwrap()).unwrap();
+    let sent_body: serde_json::Value =
+        serde_json::from_str(sent["body"].as_str().unwrap()).unwrap();
     assert_eq!(sent_body["model"], "gpt-4o");
     assert_eq!(sent_body["messages"], body["messages"]);
-    assert_eq!(sent["headers"]["content-length"], sent["body_len"].to_string());
+    assert_eq!(
+        sent["headers"]["content-length"],
+        sent["body_len"].to_string()
+    );
 }
 
 #[test]
@@ -92,7 +96,11 @@ fn request_ids_are_generated_or_kept_and_reach_both_sides() {
     assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
     assert_eq!(mock.last()["headers"]["x-request-id"], id.as_str());
 
-    let r = gw.chat_with("/openai", &[("X-Request-Id", "trace-abc-123")], &chat_body("hi"));
+    let r = gw.chat_with(
+        "/openai",
+        &[("X-Request-Id", "trace-abc-123")],
+        &chat_body("hi"),
+    );
     assert_eq!(r.header("x-request-id"), Some("trace-abc-123"));
     assert_eq!(mock.last()["headers"]["x-request-id"], "trace-abc-123");
     let lines = gw.log_lines(2);
@@ -124,7 +132,8 @@ routes:
     let body = json!({"model": "client-model", "temperature": 0.1, "messages": [], "presence_penalty": 0.3});
     let r = gw2.chat("/x", &body);
     assert_eq!(r.status, 200);
-    let sent: serde_json::Value = serde_json::from_str(mock.last()["body"].as_str().unwrap()).unwrap();
+    let sent: serde_json::Value =
+        serde_json::from_str(mock.last()["body"].as_str().unwrap()).unwrap();
     assert_eq!(sent["model"], "m");
     assert_eq!(sent["temperature"], 1.0);
     assert_eq!(sent["max_tokens"], 512);
@@ -142,11 +151,18 @@ fn provider_errors_are_relayed_with_status_body_and_type() {
         let r = gw.chat_with("/openai", &[("x-mock-status", status)], &chat_body("hi"));
         assert_eq!(r.status.to_string(), status);
         assert_eq!(r.header("content-type"), Some("application/json"));
-        assert_eq!(r.json()["error"]["message"], format!("mock err error {status}"));
+        assert_eq!(
+            r.json()["error"]["message"],
+            format!("mock err error {status}")
+        );
     }
     let r = gw.chat_with(
         "/openai",
-        &[("x-mock-status", "502"), ("x-mock-error-body", "upstream says no"), ("x-mock-error-content-type", "text/plain")],
+        &[
+            ("x-mock-status", "502"),
+            ("x-mock-error-body", "upstream says no"),
+            ("x-mock-error-content-type", "text/plain"),
+        ],
         &chat_body("hi"),
     );
     assert_eq!(r.status, 502);
@@ -171,7 +187,12 @@ fn many_requests_share_one_client_connection() {
     let mut c = Conn::open(gw.port);
     for i in 0..20 {
         let body = chat_body(&format!("request {i}")).to_string();
-        let r = c.request("POST", "/openai", &[("content-type", "application/json")], body.as_bytes());
+        let r = c.request(
+            "POST",
+            "/openai",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        );
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
     }
     assert_eq!(mock.llm_requests().len(), 20);

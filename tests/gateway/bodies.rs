@@ -21,14 +21,21 @@ routes:
 "#,
         mock.chat_url()
     );
-    let extra = max_body.map(|m| format!("  max_body_size: {m}\n")).unwrap_or_default();
+    let extra = max_body
+        .map(|m| format!("  max_body_size: {m}\n"))
+        .unwrap_or_default();
     (routes, extra)
 }
 
 /// A JSON chat body of about `size` bytes with a recognisable long message.
 fn big_body(size: usize) -> (serde_json::Value, String) {
-    let text: String = (0..size / 8).map(|i| format!("w{:06} ", i % 1_000_000)).collect();
-    (json!({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]}), text)
+    let text: String = (0..size / 8)
+        .map(|i| format!("w{:06} ", i % 1_000_000))
+        .collect();
+    (
+        json!({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]}),
+        text,
+    )
 }
 
 fn chunked(body: &[u8], piece: usize) -> Vec<u8> {
@@ -52,17 +59,30 @@ fn a_one_mib_body_reaches_the_provider_whole_on_a_reused_connection() {
     assert!(raw.len() >= 1 << 20);
     let mut c = Conn::open(gw.port);
     for i in 0..3 {
-        let r = c.request("POST", "/v1/chat/completions", &[("content-type", "application/json")], raw.as_bytes());
+        let r = c.request(
+            "POST",
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            raw.as_bytes(),
+        );
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
-        assert_eq!(r.json()["usage"]["prompt_tokens"], 2 + (1 << 20) / 8, "request {i}");
+        assert_eq!(
+            r.json()["usage"]["prompt_tokens"],
+            2 + (1 << 20) / 8,
+            "request {i}"
+        );
     }
     let reqs = mock.llm_requests();
     assert_eq!(reqs.len(), 3);
     for sent in reqs {
-        let sent_body: serde_json::Value = serde_json::from_str(sent["body"].as_str().unwrap()).unwrap();
+        let sent_body: serde_json::Value =
+            serde_json::from_str(sent["body"].as_str().unwrap()).unwrap();
         assert_eq!(sent_body["messages"][1]["content"].as_str().unwrap(), text);
         assert_eq!(sent_body["model"], "big-model");
-        assert_eq!(sent["headers"]["content-length"], sent["body_len"].to_string());
+        assert_eq!(
+            sent["headers"]["content-length"],
+            sent["body_len"].to_string()
+        );
         assert!(sent["headers"].get("transfer-encoding").is_none());
     }
 }
@@ -82,9 +102,13 @@ fn chunked_uploads_and_expect_continue() {
     let r = c.read_response();
     assert_eq!(r.status, 200, "{}", r.text());
     let sent = mock.last();
-    let sent_body: serde_json::Value = serde_json::from_str(sent["body"].as_str().unwrap()).unwrap();
+    let sent_body: serde_json::Value =
+        serde_json::from_str(sent["body"].as_str().unwrap()).unwrap();
     assert_eq!(sent_body["messages"][1]["content"].as_str().unwrap(), text);
-    assert_eq!(sent["headers"]["content-length"], sent["body_len"].to_string());
+    assert_eq!(
+        sent["headers"]["content-length"],
+        sent["body_len"].to_string()
+    );
 
     // Expect: 100-continue: the gateway says 100 before the client sends the body, and does not
     // pass the expectation on (it already has the body).
@@ -96,9 +120,14 @@ fn chunked_uploads_and_expect_continue() {
         raw.len()
     );
     s.write_all(head.as_bytes()).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
     s.read_exact(&mut first).unwrap();
-    assert!(String::from_utf8_lossy(&first).starts_with("HTTP/1.1 100 Continue"), "{}", String::from_utf8_lossy(&first));
+    assert!(
+        String::from_utf8_lossy(&first).starts_with("HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
     s.write_all(raw.as_bytes()).unwrap();
     let mut rest = Vec::new();
     let mut buf = [0u8; 4096];
@@ -115,17 +144,33 @@ fn chunked_uploads_and_expect_continue() {
 fn bodies_over_the_limit_get_a_readable_413() {
     let mock = Mock::start("limit");
     let (routes, extra) = route(&mock, Some(100_000));
-    let gw = Gateway::start_with(&routes, GatewayOpts { gateway_extra: &extra, ..Default::default() });
+    let gw = Gateway::start_with(
+        &routes,
+        GatewayOpts {
+            gateway_extra: &extra,
+            ..Default::default()
+        },
+    );
     let (body, _) = big_body(200_000);
     let raw = body.to_string();
 
     // Declared too large: refused before reading; the client reads the answer, the unread body is
     // drained, and the connection serves the next request.
     let mut c = Conn::open(gw.port);
-    let r = c.request("POST", "/v1/chat/completions", &[("content-type", "application/json")], raw.as_bytes());
+    let r = c.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        raw.as_bytes(),
+    );
     let e = r.openai_error(413);
     assert_eq!(e["code"], "request_too_large");
-    let ok = c.request("POST", "/v1/chat/completions", &[("content-type", "application/json")], chat_body("next").to_string().as_bytes());
+    let ok = c.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        chat_body("next").to_string().as_bytes(),
+    );
     assert_eq!(ok.status, 200, "{}", ok.text());
 
     // Chunked, growing past the limit.
@@ -151,5 +196,10 @@ fn the_default_limit_is_16_mib() {
     let (routes, _) = route(&mock, None);
     let gw = Gateway::start(&routes);
     let too_big = vec![b' '; 16 * 1024 * 1024 + 1];
-    gw.post("/v1/chat/completions", &[("content-type", "application/json")], &too_big).openai_error(413);
+    gw.post(
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        &too_big,
+    )
+    .openai_error(413);
 }

@@ -14,7 +14,8 @@ fn with_plugin(plugin: &str) -> String {
     )
 }
 
-const OPENAI: &str = "        provider: openai\n        auth: { header: { Authorization: \"Bearer k\" } }\n";
+const OPENAI: &str =
+    "        provider: openai\n        auth: { header: { Authorization: \"Bearer k\" } }\n";
 
 fn with_route(route_fields: &str) -> String {
     format!("gateway:\n  listen: 127.0.0.1:9080\nroutes:\n  - id: r1\n{route_fields}    plugins:\n      ai-proxy:\n{OPENAI}")
@@ -25,8 +26,14 @@ fn with_route(route_fields: &str) -> String {
 #[track_caller]
 fn assert_rejected(config: &str, env: &[(&str, &str)], path: &str, words: &[&str]) -> String {
     let (ok, out) = check_config(config, env);
-    assert!(!ok, "accepted, expected an error at {path}:\n{config}\n{out}");
-    assert!(out.contains(&format!(": {path}: ")), "the error does not name {path:?}:\n{out}\n--- config:\n{config}");
+    assert!(
+        !ok,
+        "accepted, expected an error at {path}:\n{config}\n{out}"
+    );
+    assert!(
+        out.contains(&format!(": {path}: ")),
+        "the error does not name {path:?}:\n{out}\n--- config:\n{config}"
+    );
     for w in words {
         assert!(out.contains(w), "the error does not mention {w:?}:\n{out}");
     }
@@ -61,7 +68,10 @@ fn shipped_config_is_valid_with_no_environment_variables_set() {
         .captures_iter(&text)
         .map(|c| c[1].to_string())
         .collect();
-    assert!(referenced.iter().any(|v| v == "OPENAI_API_KEY"), "{referenced:?}");
+    assert!(
+        referenced.iter().any(|v| v == "OPENAI_API_KEY"),
+        "{referenced:?}"
+    );
     let mut cmd = Command::new(AIGATE);
     cmd.arg("-c").arg(path).arg("-t");
     for v in &referenced {
@@ -73,7 +83,11 @@ fn shipped_config_is_valid_with_no_environment_variables_set() {
         }
     }
     let out = cmd.output().unwrap();
-    let text_out = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.status.code(), Some(0), "{text_out}");
     assert!(text_out.contains("is valid"), "{text_out}");
 }
@@ -85,16 +99,33 @@ fn exit_status_is_0_for_a_valid_config_and_1_for_an_invalid_one() {
     let good = dir.join("good.yaml");
     let bad = dir.join("bad.yaml");
     std::fs::write(&good, with_plugin(OPENAI)).unwrap();
-    std::fs::write(&bad, with_plugin("        provider: openia\n        auth: {}\n")).unwrap();
-    let run = |p: &std::path::Path| Command::new(AIGATE).arg("-c").arg(p).arg("-t").output().unwrap();
+    std::fs::write(
+        &bad,
+        with_plugin("        provider: openia\n        auth: {}\n"),
+    )
+    .unwrap();
+    let run = |p: &std::path::Path| {
+        Command::new(AIGATE)
+            .arg("-c")
+            .arg(p)
+            .arg("-t")
+            .output()
+            .unwrap()
+    };
     let ok = run(&good);
     assert_eq!(ok.status.code(), Some(0));
     let out = String::from_utf8_lossy(&ok.stdout);
-    assert!(out.contains("good.yaml") && out.contains("valid") && out.contains("1 route"), "{out}");
+    assert!(
+        out.contains("good.yaml") && out.contains("valid") && out.contains("1 route"),
+        "{out}"
+    );
     let err = run(&bad);
     assert_eq!(err.status.code(), Some(1));
     let msg = String::from_utf8_lossy(&err.stderr);
-    assert!(msg.contains("bad.yaml") && msg.contains("routes[0].plugins.ai-proxy.provider"), "on stderr: {msg}");
+    assert!(
+        msg.contains("bad.yaml") && msg.contains("routes[0].plugins.ai-proxy.provider"),
+        "on stderr: {msg}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -103,7 +134,12 @@ fn exit_status_is_0_for_a_valid_config_and_1_for_an_invalid_one() {
 
 #[test]
 fn unknown_route_field() {
-    assert_rejected(&with_route("    uri: /x\n    bogus: 1\n"), &[], "routes[0].bogus", &["bogus"]);
+    assert_rejected(
+        &with_route("    uri: /x\n    bogus: 1\n"),
+        &[],
+        "routes[0].bogus",
+        &["bogus"],
+    );
 }
 
 #[test]
@@ -114,58 +150,135 @@ fn unknown_plugin() {
 
 #[test]
 fn bad_provider() {
-    let cfg = with_plugin("        provider: openia\n        auth: { header: { Authorization: \"Bearer k\" } }\n");
-    assert_rejected(&cfg, &[], "routes[0].plugins.ai-proxy.provider", &["openia", "openai-compatible"]);
+    let cfg = with_plugin(
+        "        provider: openia\n        auth: { header: { Authorization: \"Bearer k\" } }\n",
+    );
+    assert_rejected(
+        &cfg,
+        &[],
+        "routes[0].plugins.ai-proxy.provider",
+        &["openia", "openai-compatible"],
+    );
 }
 
 #[test]
 fn missing_provider_and_missing_auth() {
-    assert_rejected(&with_plugin("        provider: openai\n"), &[], "routes[0].plugins.ai-proxy", &["auth"]);
+    assert_rejected(
+        &with_plugin("        provider: openai\n"),
+        &[],
+        "routes[0].plugins.ai-proxy",
+        &["auth"],
+    );
     let cfg = with_plugin("        auth: { header: { Authorization: \"Bearer k\" } }\n");
-    assert_rejected(&cfg, &[], "routes[0].plugins.ai-proxy.provider", &["required"]);
+    assert_rejected(
+        &cfg,
+        &[],
+        "routes[0].plugins.ai-proxy.provider",
+        &["required"],
+    );
 }
 
 #[test]
 fn invalid_override_endpoint() {
-    for bad in ["api.example.com/v1/chat", "ftp://example.com/x", "http://", "http://host:99999/x", "http://a b/x"] {
+    for bad in [
+        "api.example.com/v1/chat",
+        "ftp://example.com/x",
+        "http://",
+        "http://host:99999/x",
+        "http://a b/x",
+    ] {
         let cfg = format!("{OPENAI}        override: {{ endpoint: \"{bad}\" }}\n");
-        assert_rejected(&with_plugin(&cfg), &[], "routes[0].plugins.ai-proxy.override.endpoint", &["invalid endpoint"]);
+        assert_rejected(
+            &with_plugin(&cfg),
+            &[],
+            "routes[0].plugins.ai-proxy.override.endpoint",
+            &["invalid endpoint"],
+        );
     }
 }
 
 #[test]
 fn providers_without_a_default_endpoint_need_override_endpoint() {
     for provider in ["openai-compatible", "azure-openai"] {
-        let cfg = format!("        provider: {provider}\n        auth: {{ header: {{ api-key: k }} }}\n");
-        let out = assert_rejected(&with_plugin(&cfg), &[], "routes[0].plugins.ai-proxy.override.endpoint", &["required"]);
+        let cfg =
+            format!("        provider: {provider}\n        auth: {{ header: {{ api-key: k }} }}\n");
+        let out = assert_rejected(
+            &with_plugin(&cfg),
+            &[],
+            "routes[0].plugins.ai-proxy.override.endpoint",
+            &["required"],
+        );
         assert!(out.contains(provider), "{out}");
         // ...and with one it is fine.
-        let ok = format!("{cfg}        override: {{ endpoint: \"https://x.example/v1/chat/completions\" }}\n");
+        let ok = format!(
+            "{cfg}        override: {{ endpoint: \"https://x.example/v1/chat/completions\" }}\n"
+        );
         assert_valid(&with_plugin(&ok), &[]);
     }
 }
 
 #[test]
 fn vertex_ai_needs_provider_conf_or_an_endpoint() {
-    let base = "        provider: vertex-ai\n        auth: { header: { Authorization: \"Bearer k\" } }\n";
-    let out = assert_rejected(&with_plugin(base), &[], "routes[0].plugins.ai-proxy.provider_conf", &["override.endpoint"]);
-    assert!(out.contains("project_id") && out.contains("region"), "{out}");
+    let base =
+        "        provider: vertex-ai\n        auth: { header: { Authorization: \"Bearer k\" } }\n";
+    let out = assert_rejected(
+        &with_plugin(base),
+        &[],
+        "routes[0].plugins.ai-proxy.provider_conf",
+        &["override.endpoint"],
+    );
+    assert!(
+        out.contains("project_id") && out.contains("region"),
+        "{out}"
+    );
     let half = format!("{base}        provider_conf: {{ project_id: p }}\n");
-    assert_rejected(&with_plugin(&half), &[], "routes[0].plugins.ai-proxy.provider_conf", &["region"]);
-    assert_valid(&with_plugin(&format!("{base}        provider_conf: {{ project_id: p, region: us-central1 }}\n")), &[]);
-    assert_valid(&with_plugin(&format!("{base}        override: {{ endpoint: \"https://v.example/chat/completions\" }}\n")), &[]);
+    assert_rejected(
+        &with_plugin(&half),
+        &[],
+        "routes[0].plugins.ai-proxy.provider_conf",
+        &["region"],
+    );
+    assert_valid(
+        &with_plugin(&format!(
+            "{base}        provider_conf: {{ project_id: p, region: us-central1 }}\n"
+        )),
+        &[],
+    );
+    assert_valid(
+        &with_plugin(&format!(
+            "{base}        override: {{ endpoint: \"https://v.example/chat/completions\" }}\n"
+        )),
+        &[],
+    );
 }
 
 #[test]
 fn bad_auth_header_name() {
-    let cfg = with_plugin("        provider: openai\n        auth: { header: { \"Bad Header\": \"Bearer k\" } }\n");
-    assert_rejected(&cfg, &[], "routes[0].plugins.ai-proxy.auth.header.Bad Header", &["header name"]);
+    let cfg = with_plugin(
+        "        provider: openai\n        auth: { header: { \"Bad Header\": \"Bearer k\" } }\n",
+    );
+    assert_rejected(
+        &cfg,
+        &[],
+        "routes[0].plugins.ai-proxy.auth.header.Bad Header",
+        &["header name"],
+    );
 }
 
 #[test]
 fn zero_timeout() {
-    assert_rejected(&with_plugin(&format!("{OPENAI}        timeout: 0\n")), &[], "routes[0].plugins.ai-proxy.timeout", &["at least 1"]);
-    assert_rejected(&with_plugin(&format!("{OPENAI}        timeout: -5\n")), &[], "routes[0].plugins.ai-proxy.timeout", &[]);
+    assert_rejected(
+        &with_plugin(&format!("{OPENAI}        timeout: 0\n")),
+        &[],
+        "routes[0].plugins.ai-proxy.timeout",
+        &["at least 1"],
+    );
+    assert_rejected(
+        &with_plugin(&format!("{OPENAI}        timeout: -5\n")),
+        &[],
+        "routes[0].plugins.ai-proxy.timeout",
+        &[],
+    );
 }
 
 #[test]
@@ -178,23 +291,41 @@ fn duplicate_route_id() {
 
 #[test]
 fn unknown_service_id() {
-    let cfg = format!("{}services:\n  - id: s1\n    plugins:\n      ai-proxy:\n{OPENAI}", with_route("    uri: /x\n    service_id: s2\n"));
+    let cfg = format!(
+        "{}services:\n  - id: s1\n    plugins:\n      ai-proxy:\n{OPENAI}",
+        with_route("    uri: /x\n    service_id: s2\n")
+    );
     assert_rejected(&cfg, &[], "routes[0].service_id", &["s2", "does not exist"]);
 }
 
 #[test]
 fn bad_vars() {
     let unknown_var = with_route("    uri: /x\n    vars: [[\"bogus_var\", \"==\", \"1\"]]\n");
-    assert_rejected(&unknown_var, &[], "routes[0].vars", &["unknown variable", "bogus_var"]);
+    assert_rejected(
+        &unknown_var,
+        &[],
+        "routes[0].vars",
+        &["unknown variable", "bogus_var"],
+    );
     let unknown_op = with_route("    uri: /x\n    vars: [[\"arg_model\", \"===\", \"1\"]]\n");
-    assert_rejected(&unknown_op, &[], "routes[0].vars", &["unknown operator", "==="]);
+    assert_rejected(
+        &unknown_op,
+        &[],
+        "routes[0].vars",
+        &["unknown operator", "==="],
+    );
     let not_wrapped = with_route("    uri: /x\n    vars: [\"arg_model\", \"==\", \"1\"]\n");
     assert_rejected(&not_wrapped, &[], "routes[0].vars", &[]);
 }
 
 #[test]
 fn uri_without_leading_slash() {
-    assert_rejected(&with_route("    uris: [/ok, v1/chat]\n"), &[], "routes[0].uris[1]", &["v1/chat", "must start with '/'"]);
+    assert_rejected(
+        &with_route("    uris: [/ok, v1/chat]\n"),
+        &[],
+        "routes[0].uris[1]",
+        &["v1/chat", "must start with '/'"],
+    );
 }
 
 /// A route gives its paths as `uri`, `uris` or `paths`; the error names the one the user wrote.
@@ -209,7 +340,11 @@ fn uri_and_paths_errors_name_the_field_the_user_wrote() {
         let (ok, out) = check_config(&with_route(fields), &[]);
         assert!(!ok, "{fields}: {out}");
         if !out.contains(&format!(": {path}: ")) {
-            wrong.push(format!("{} -> expected {path}, got: {}", fields.trim(), out.trim()));
+            wrong.push(format!(
+                "{} -> expected {path}, got: {}",
+                fields.trim(),
+                out.trim()
+            ));
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
@@ -217,14 +352,24 @@ fn uri_and_paths_errors_name_the_field_the_user_wrote() {
 
 #[test]
 fn star_not_at_the_end() {
-    let out = assert_rejected(&with_route("    uris: [/a, \"/v1/*/chat\"]\n"), &[], "routes[0].uris[1]", &["/v1/*/chat"]);
+    let out = assert_rejected(
+        &with_route("    uris: [/a, \"/v1/*/chat\"]\n"),
+        &[],
+        "routes[0].uris[1]",
+        &["/v1/*/chat"],
+    );
     assert!(out.contains("end"), "{out}");
     assert_valid(&with_route("    uri: \"/v1/*\"\n"), &[]);
 }
 
 #[test]
 fn bad_method() {
-    assert_rejected(&with_route("    uri: /x\n    methods: [POST, FETCH]\n"), &[], "routes[0].methods[1]", &["FETCH"]);
+    assert_rejected(
+        &with_route("    uri: /x\n    methods: [POST, FETCH]\n"),
+        &[],
+        "routes[0].methods[1]",
+        &["FETCH"],
+    );
 }
 
 #[test]
@@ -234,7 +379,10 @@ fn route_without_uri() {
 
 #[test]
 fn unknown_server_key() {
-    let cfg = format!("server:\n  threads: 2\n  grace_period_second: 3\n{}", with_plugin(OPENAI));
+    let cfg = format!(
+        "server:\n  threads: 2\n  grace_period_second: 3\n{}",
+        with_plugin(OPENAI)
+    );
     assert_rejected(&cfg, &[], "server.grace_period_second", &["unknown"]);
     let cfg = format!("server:\n  threads: 0\n{}", with_plugin(OPENAI));
     assert_rejected(&cfg, &[], "server.threads", &[]);
@@ -242,21 +390,34 @@ fn unknown_server_key() {
 
 #[test]
 fn unknown_gateway_key() {
-    let cfg = with_plugin(OPENAI).replace("  listen: 127.0.0.1:9080\n", "  listen: 127.0.0.1:9080\n  max_body_sise: 10\n");
+    let cfg = with_plugin(OPENAI).replace(
+        "  listen: 127.0.0.1:9080\n",
+        "  listen: 127.0.0.1:9080\n  max_body_sise: 10\n",
+    );
     assert_rejected(&cfg, &[], "gateway.max_body_sise", &["max_body_sise"]);
-    let cfg = with_plugin(OPENAI).replace("  listen: 127.0.0.1:9080\n", "  listen: 127.0.0.1:9080\n  access_log: { paht: x }\n");
+    let cfg = with_plugin(OPENAI).replace(
+        "  listen: 127.0.0.1:9080\n",
+        "  listen: 127.0.0.1:9080\n  access_log: { paht: x }\n",
+    );
     assert_rejected(&cfg, &[], "gateway.access_log.paht", &[]);
 }
 
 #[test]
 fn bad_gateway_listen() {
     for bad in ["localhost", "9080", "0.0.0.0:99999", "127.0.0.1"] {
-        let cfg = with_plugin(OPENAI).replace("listen: 127.0.0.1:9080", &format!("listen: \"{bad}\""));
+        let cfg =
+            with_plugin(OPENAI).replace("listen: 127.0.0.1:9080", &format!("listen: \"{bad}\""));
         assert_rejected(&cfg, &[], "gateway.listen", &[bad, "ip:port"]);
     }
-    let cfg = with_plugin(OPENAI).replace("listen: 127.0.0.1:9080", "listen: [127.0.0.1:9080, \"nope\"]");
+    let cfg = with_plugin(OPENAI).replace(
+        "listen: 127.0.0.1:9080",
+        "listen: [127.0.0.1:9080, \"nope\"]",
+    );
     assert_rejected(&cfg, &[], "gateway.listen[1]", &["nope"]);
-    let cfg = with_plugin(OPENAI).replace("listen: 127.0.0.1:9080", "listen: [127.0.0.1:9080, \"[::1]:9081\"]");
+    let cfg = with_plugin(OPENAI).replace(
+        "listen: 127.0.0.1:9080",
+        "listen: [127.0.0.1:9080, \"[::1]:9081\"]",
+    );
     assert_valid(&cfg, &[]);
 }
 
@@ -264,20 +425,33 @@ fn bad_gateway_listen() {
 fn passthrough_without_upstream() {
     let cfg = with_plugin(&format!("{OPENAI}        passthrough: true\n"));
     assert_rejected(&cfg, &[], "routes[0].upstream", &["passthrough"]);
-    let with_up = cfg.replace("    plugins:\n", "    upstream: { nodes: { \"127.0.0.1:8080\": 1 } }\n    plugins:\n");
+    let with_up = cfg.replace(
+        "    plugins:\n",
+        "    upstream: { nodes: { \"127.0.0.1:8080\": 1 } }\n    plugins:\n",
+    );
     assert_valid(&with_up, &[]);
 }
 
 #[test]
 fn unknown_upstream_type() {
     let cfg = "routes:\n  - id: r1\n    uri: /x\n    upstream:\n      type: chash\n      nodes: { \"127.0.0.1:8080\": 1 }\n";
-    assert_rejected(cfg, &[], "routes[0].upstream.type", &["chash", "roundrobin"]);
+    assert_rejected(
+        cfg,
+        &[],
+        "routes[0].upstream.type",
+        &["chash", "roundrobin"],
+    );
     assert_valid(&cfg.replace("chash", "roundrobin"), &[]);
 }
 
 #[test]
 fn route_with_nothing_to_proxy_to() {
-    assert_rejected("routes:\n  - id: r1\n    uri: /x\n", &[], "routes[0]", &["upstream"]);
+    assert_rejected(
+        "routes:\n  - id: r1\n    uri: /x\n",
+        &[],
+        "routes[0]",
+        &["upstream"],
+    );
 }
 
 #[test]
@@ -285,25 +459,46 @@ fn unset_variable_without_default_names_the_variable() {
     let cfg = with_plugin("        provider: openai\n        auth: { header: { Authorization: \"Bearer ${AIGATE_CC_TEST_UNSET_KEY}\" } }\n");
     let (ok, out) = check_config(&cfg, &[]);
     assert!(!ok, "{out}");
-    assert!(out.contains("AIGATE_CC_TEST_UNSET_KEY") && out.contains("not set"), "{out}");
+    assert!(
+        out.contains("AIGATE_CC_TEST_UNSET_KEY") && out.contains("not set"),
+        "{out}"
+    );
     assert!(out.contains("line 9"), "the line of the reference: {out}");
     // Set, it is fine.
     assert_valid(&cfg, &[("AIGATE_CC_TEST_UNSET_KEY", "sk-1")]);
     // In a comment it is not a reference at all.
-    assert_valid(&format!("# export ${{AIGATE_CC_TEST_UNSET_KEY}} first\n{}", with_plugin(OPENAI)), &[]);
+    assert_valid(
+        &format!(
+            "# export ${{AIGATE_CC_TEST_UNSET_KEY}} first\n{}",
+            with_plugin(OPENAI)
+        ),
+        &[],
+    );
 }
 
 #[test]
 fn default_is_used_when_the_variable_is_unset() {
     // The default is observable: 0 is an invalid timeout, 5000 a valid one.
-    let cfg = with_plugin(&format!("{OPENAI}        timeout: ${{AIGATE_CC_TEST_TIMEOUT:-0}}\n"));
+    let cfg = with_plugin(&format!(
+        "{OPENAI}        timeout: ${{AIGATE_CC_TEST_TIMEOUT:-0}}\n"
+    ));
     assert_rejected(&cfg, &[], "routes[0].plugins.ai-proxy.timeout", &[]);
     assert_valid(&cfg, &[("AIGATE_CC_TEST_TIMEOUT", "5000")]);
-    let cfg = with_plugin(&format!("{OPENAI}        timeout: ${{AIGATE_CC_TEST_TIMEOUT:-5000}}\n"));
+    let cfg = with_plugin(&format!(
+        "{OPENAI}        timeout: ${{AIGATE_CC_TEST_TIMEOUT:-5000}}\n"
+    ));
     assert_valid(&cfg, &[]);
-    assert_rejected(&cfg, &[("AIGATE_CC_TEST_TIMEOUT", "0")], "routes[0].plugins.ai-proxy.timeout", &[]);
+    assert_rejected(
+        &cfg,
+        &[("AIGATE_CC_TEST_TIMEOUT", "0")],
+        "routes[0].plugins.ai-proxy.timeout",
+        &[],
+    );
     // An empty default is allowed (the shipped config's admin key).
-    let cfg = with_plugin(OPENAI).replace("  listen: 127.0.0.1:9080\n", "  listen: 127.0.0.1:9080\n  admin: { key: \"${AIGATE_CC_TEST_ADMIN:-}\" }\n");
+    let cfg = with_plugin(OPENAI).replace(
+        "  listen: 127.0.0.1:9080\n",
+        "  listen: 127.0.0.1:9080\n  admin: { key: \"${AIGATE_CC_TEST_ADMIN:-}\" }\n",
+    );
     assert_valid(&cfg, &[]);
 }
 
@@ -313,27 +508,66 @@ fn a_secret_from_the_environment_in_a_wrong_field_is_not_echoed() {
     let env = [("CC_SECRET", SECRET)];
     let cases = [
         // serde type errors
-        (with_plugin(&format!("{OPENAI}        timeout: ${{CC_SECRET}}\n")), "routes[0].plugins.ai-proxy.timeout"),
-        (with_route("    uri: /x\n    priority: ${CC_SECRET}\n"), "routes[0].priority"),
-        (format!("server:\n  threads: ${{CC_SECRET}}\n{}", with_plugin(OPENAI)), "server.threads"),
-        (with_plugin("        provider: ${CC_SECRET}\n        auth: {}\n"), "routes[0].plugins.ai-proxy.provider"),
+        (
+            with_plugin(&format!("{OPENAI}        timeout: ${{CC_SECRET}}\n")),
+            "routes[0].plugins.ai-proxy.timeout",
+        ),
+        (
+            with_route("    uri: /x\n    priority: ${CC_SECRET}\n"),
+            "routes[0].priority",
+        ),
+        (
+            format!(
+                "server:\n  threads: ${{CC_SECRET}}\n{}",
+                with_plugin(OPENAI)
+            ),
+            "server.threads",
+        ),
+        (
+            with_plugin("        provider: ${CC_SECRET}\n        auth: {}\n"),
+            "routes[0].plugins.ai-proxy.provider",
+        ),
         // semantic errors
-        (with_plugin(&format!("{OPENAI}        override: {{ endpoint: \"${{CC_SECRET}}\" }}\n")), "routes[0].plugins.ai-proxy.override.endpoint"),
+        (
+            with_plugin(&format!(
+                "{OPENAI}        override: {{ endpoint: \"${{CC_SECRET}}\" }}\n"
+            )),
+            "routes[0].plugins.ai-proxy.override.endpoint",
+        ),
         (with_route("    uri: \"${CC_SECRET}\"\n"), "routes[0].uri"),
-        (with_route("    uri: /x\n    methods: [\"${CC_SECRET}\"]\n"), "routes[0].methods[0]"),
-        (with_plugin(OPENAI).replace("listen: 127.0.0.1:9080", "listen: \"${CC_SECRET}\""), "gateway.listen"),
-        (with_plugin(OPENAI).replace("  listen: 127.0.0.1:9080\n", "  listen: 127.0.0.1:9080\n  admin: { listen: \"${CC_SECRET}\" }\n"), "gateway.admin.listen"),
+        (
+            with_route("    uri: /x\n    methods: [\"${CC_SECRET}\"]\n"),
+            "routes[0].methods[0]",
+        ),
+        (
+            with_plugin(OPENAI).replace("listen: 127.0.0.1:9080", "listen: \"${CC_SECRET}\""),
+            "gateway.listen",
+        ),
+        (
+            with_plugin(OPENAI).replace(
+                "  listen: 127.0.0.1:9080\n",
+                "  listen: 127.0.0.1:9080\n  admin: { listen: \"${CC_SECRET}\" }\n",
+            ),
+            "gateway.admin.listen",
+        ),
     ];
     let mut leaks = Vec::new();
     for (cfg, path) in &cases {
         let (ok, out) = check_config(cfg, &env);
         assert!(!ok, "{out}");
-        assert!(out.contains(path.split('[').next().unwrap()), "{path}: {out}");
+        assert!(
+            out.contains(path.split('[').next().unwrap()),
+            "{path}: {out}"
+        );
         if out.contains(SECRET) || out.contains(&SECRET[8..]) {
             leaks.push(format!("{path}: {}", out.trim()));
         }
     }
-    assert!(leaks.is_empty(), "the secret is echoed by -t:\n{}", leaks.join("\n"));
+    assert!(
+        leaks.is_empty(),
+        "the secret is echoed by -t:\n{}",
+        leaks.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,18 +592,34 @@ fn service_plugins_apply_to_routes_and_the_routes_own_plugin_wins() {
         plugin(&route_mock, "seven-model"),
         plugin(&route_mock, "route-model"),
     );
-    let (ok, out) = check_config(&config_text(9, &std::env::temp_dir(), &resources, &GatewayOpts::default()), &[]);
+    let (ok, out) = check_config(
+        &config_text(
+            9,
+            &std::env::temp_dir(),
+            &resources,
+            &GatewayOpts::default(),
+        ),
+        &[],
+    );
     assert!(ok, "{out}\n{resources}");
     let gw = Gateway::start(&resources);
 
     let r = gw.chat("/inherits", &chat_body("hi"));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("x-mock-name"), Some("service-llm"), "the service's ai-proxy answered");
+    assert_eq!(
+        r.header("x-mock-name"),
+        Some("service-llm"),
+        "the service's ai-proxy answered"
+    );
     assert_eq!(r.json()["model"], "service-model");
 
     let r = gw.chat("/overrides", &chat_body("hi"));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("x-mock-name"), Some("route-llm"), "the route's own ai-proxy wins");
+    assert_eq!(
+        r.header("x-mock-name"),
+        Some("route-llm"),
+        "the route's own ai-proxy wins"
+    );
     assert_eq!(r.json()["model"], "route-model");
 
     let r = gw.chat("/numeric", &chat_body("hi"));
@@ -379,7 +629,10 @@ fn service_plugins_apply_to_routes_and_the_routes_own_plugin_wins() {
     assert_eq!(svc_mock.llm_requests().len(), 1);
     assert_eq!(route_mock.llm_requests().len(), 2);
     let lines = gw.log_lines(3);
-    assert!(lines.iter().any(|l| l.contains(" inherits ai_chat ")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains(" inherits ai_chat ")),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -399,7 +652,12 @@ fn a_service_upstream_serves_a_plain_route() {
 #[test]
 fn errors_in_a_service_plugin_name_the_service() {
     let cfg = "services:\n  - id: s\n    plugins:\n      ai-proxy:\n        provider: openai-compatible\n        auth: {}\nroutes:\n  - id: r\n    uri: /x\n    service_id: s\n";
-    assert_rejected(cfg, &[], "services[0].plugins.ai-proxy.override.endpoint", &[]);
+    assert_rejected(
+        cfg,
+        &[],
+        "services[0].plugins.ai-proxy.override.endpoint",
+        &[],
+    );
     let cfg = format!("services:\n  - id: s\n    plugins:\n      ai-proxy:\n{OPENAI}  - id: s\n    plugins:\n      ai-proxy:\n{OPENAI}");
     assert_rejected(&cfg, &[], "services[1].id", &["duplicate"]);
 }
@@ -412,7 +670,19 @@ fn help_lists_the_options_and_the_config_sections() {
     let out = Command::new(AIGATE).arg("--help").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    for w in ["-c, --conf", "-t, --test", "-d, --daemon", "-u, --upgrade", "server:", "gateway:", "routes:", "services:", "access_log", "${VAR}", "SIGTERM"] {
+    for w in [
+        "-c, --conf",
+        "-t, --test",
+        "-d, --daemon",
+        "-u, --upgrade",
+        "server:",
+        "gateway:",
+        "routes:",
+        "services:",
+        "access_log",
+        "${VAR}",
+        "SIGTERM",
+    ] {
         assert!(help.contains(w), "--help does not mention {w:?}:\n{help}");
     }
 }
@@ -420,11 +690,19 @@ fn help_lists_the_options_and_the_config_sections() {
 #[test]
 fn a_missing_config_file_is_a_clear_error() {
     let path = std::env::temp_dir().join(format!("aigate-no-such-config-{}.yaml", now_ms()));
-    let out = Command::new(AIGATE).arg("-c").arg(&path).arg("-t").output().unwrap();
+    let out = Command::new(AIGATE)
+        .arg("-c")
+        .arg(&path)
+        .arg("-t")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(msg.contains(&path.display().to_string()), "{msg}");
-    assert!(msg.contains("cannot read") && msg.to_lowercase().contains("no such file"), "{msg}");
+    assert!(
+        msg.contains("cannot read") && msg.to_lowercase().contains("no such file"),
+        "{msg}"
+    );
     assert!(!msg.contains("panicked"), "{msg}");
 }
 

@@ -17,11 +17,18 @@ pub const AIGATE: &str = env!("CARGO_BIN_EXE_aigate");
 pub const MOCK: &str = env!("CARGO_BIN_EXE_aigate-mock");
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A port nothing listens on (for "provider unreachable").
@@ -64,10 +71,16 @@ impl Mock {
             .spawn()
             .expect("start aigate-mock");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let addr = line.trim().rsplit(' ').next().unwrap().to_string();
         let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-        Mock { port, name: name.to_string(), child }
+        Mock {
+            port,
+            name: name.to_string(),
+            child,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -81,7 +94,11 @@ impl Mock {
     /// Every request the mock received, oldest first.
     pub fn requests(&self) -> Vec<Value> {
         let r = request(self.port, "GET", "/_mock/requests", &[], b"");
-        serde_json::from_slice::<Value>(&r.body).unwrap().as_array().unwrap().clone()
+        serde_json::from_slice::<Value>(&r.body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     /// The requests the mock received, excluding token calls and health probes.
@@ -96,11 +113,19 @@ impl Mock {
     }
 
     pub fn last(&self) -> Value {
-        self.llm_requests().pop().expect("the mock received no request")
+        self.llm_requests()
+            .pop()
+            .expect("the mock received no request")
     }
 
     pub fn set(&self, defaults: Value) {
-        let r = request(self.port, "POST", "/_mock/config", &[("content-type", "application/json")], defaults.to_string().as_bytes());
+        let r = request(
+            self.port,
+            "POST",
+            "/_mock/config",
+            &[("content-type", "application/json")],
+            defaults.to_string().as_bytes(),
+        );
         assert_eq!(r.status, 200, "{}", r.text());
     }
 }
@@ -131,7 +156,12 @@ pub struct GatewayOpts<'a> {
 }
 
 /// Write a full config file around `resources` (the `routes:`/`services:` YAML).
-pub fn config_text(port: u16, dir: &std::path::Path, resources: &str, opts: &GatewayOpts) -> String {
+pub fn config_text(
+    port: u16,
+    dir: &std::path::Path,
+    resources: &str,
+    opts: &GatewayOpts,
+) -> String {
     let format = opts
         .log_format
         .map(|f| format!("    format: '{}'\n", f.replace('\'', "''")))
@@ -151,7 +181,11 @@ impl Gateway {
 
     pub fn start_with(resources: &str, opts: GatewayOpts) -> Gateway {
         Self::launch(|dir, port, cmd| {
-            std::fs::write(dir.join("config.yaml"), config_text(port, dir, resources, &opts)).unwrap();
+            std::fs::write(
+                dir.join("config.yaml"),
+                config_text(port, dir, resources, &opts),
+            )
+            .unwrap();
             cmd.arg("-c").arg(dir.join("config.yaml"));
             for (k, v) in &opts.env {
                 cmd.env(k, v);
@@ -212,7 +246,11 @@ impl Gateway {
 
     /// POST JSON with `Content-Type: application/json`.
     pub fn chat(&self, path: &str, body: &Value) -> Resp {
-        self.post(path, &[("content-type", "application/json")], body.to_string().as_bytes())
+        self.post(
+            path,
+            &[("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        )
     }
 
     pub fn chat_with(&self, path: &str, headers: &[(&str, &str)], body: &Value) -> Resp {
@@ -240,13 +278,19 @@ impl Gateway {
     /// SIGTERM (graceful shutdown) and wait for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "aigate did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "aigate did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -276,7 +320,11 @@ pub fn check_config(text: &str, env: &[(&str, &str)]) -> (bool, String) {
     }
     let out = cmd.output().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -294,11 +342,15 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     pub fn text(&self) -> String {
@@ -309,7 +361,11 @@ impl Resp {
     pub fn sse_data(&self) -> Vec<String> {
         self.text()
             .split('\n')
-            .filter_map(|l| l.trim_end_matches('\r').strip_prefix("data:").map(|d| d.trim().to_string()))
+            .filter_map(|l| {
+                l.trim_end_matches('\r')
+                    .strip_prefix("data:")
+                    .map(|d| d.trim().to_string())
+            })
             .collect()
     }
 
@@ -319,7 +375,10 @@ impl Resp {
         assert_eq!(self.header("content-type"), Some("application/json"));
         let v = self.json();
         let e = v["error"].clone();
-        assert!(e["message"].is_string() && e["type"].is_string() && !e["code"].is_null(), "{v}");
+        assert!(
+            e["message"].is_string() && e["type"].is_string() && !e["code"].is_null(),
+            "{v}"
+        );
         e
     }
 }
@@ -334,22 +393,35 @@ impl Conn {
     pub fn open(port: u16) -> Conn {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream.set_nodelay(true).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Conn { stream, buf: Vec::new() }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
     }
 
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Resp {
         let mut head = format!("{method} {path} HTTP/1.1\r\n");
         if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
             head.push_str("Host: 127.0.0.1\r\n");
         }
         let mut has_len = false;
         for (k, v) in headers {
-            if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding") {
+            if k.eq_ignore_ascii_case("content-length")
+                || k.eq_ignore_ascii_case("transfer-encoding")
+            {
                 has_len = true;
             }
             head.push_str(&format!("{k}: {v}\r\n"));
@@ -371,7 +443,12 @@ impl Conn {
                 break (status, headers);
             }
         };
-        let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
         let mut body = Vec::new();
         let mut reads = Vec::new();
         if let Some(cl) = get("content-length") {
@@ -386,7 +463,8 @@ impl Conn {
         } else if get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
             loop {
                 let line = self.read_line(&mut reads);
-                let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
+                let size =
+                    usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
                 if size == 0 {
                     // trailers until the empty line
                     while !self.read_line(&mut reads).is_empty() {}
@@ -411,7 +489,12 @@ impl Conn {
             }
             body = std::mem::take(&mut self.buf);
         }
-        Resp { status, headers, body, reads }
+        Resp {
+            status,
+            headers,
+            body,
+            reads,
+        }
     }
 
     fn fill(&mut self, reads: &mut Vec<(u64, Vec<u8>)>) {
@@ -436,7 +519,12 @@ impl Conn {
     fn read_head(&mut self) -> (u16, Vec<(String, String)>) {
         let mut sink = Vec::new();
         let status_line = self.read_line(&mut sink);
-        let status: u16 = status_line.split(' ').nth(1).unwrap_or_else(|| panic!("bad status line {status_line:?}")).parse().unwrap();
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"))
+            .parse()
+            .unwrap();
         let mut headers = Vec::new();
         loop {
             let l = self.read_line(&mut sink);

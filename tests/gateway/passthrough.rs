@@ -46,7 +46,8 @@ fn seed_body() -> Value {
 }
 
 fn sent_body(rec: &Value) -> Value {
-    serde_json::from_str(rec["body"].as_str().unwrap()).unwrap_or_else(|e| panic!("not JSON ({e}): {rec}"))
+    serde_json::from_str(rec["body"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {rec}"))
 }
 
 fn header<'a>(rec: &'a Value, name: &str) -> Option<&'a str> {
@@ -69,7 +70,10 @@ fn assert_llm_call(llm: &Mock) {
     assert_eq!(call["path"], "/v1/chat/completions");
     assert_eq!(header(call, "authorization"), Some("Bearer sk-llm-secret"));
     assert_eq!(header(call, "content-type"), Some("application/json"));
-    assert_eq!(header(call, "host"), Some(format!("127.0.0.1:{}", llm.port).as_str()));
+    assert_eq!(
+        header(call, "host"),
+        Some(format!("127.0.0.1:{}", llm.port).as_str())
+    );
     assert_eq!(
         sent_body(call),
         json!({"messages": seed_body()["messages"], "model": "gpt-4", "max_tokens": 512, "temperature": 1.0})
@@ -89,7 +93,10 @@ fn the_llm_answer_is_sent_on_to_the_upstream_and_the_client_gets_its_reply() {
     assert_eq!(r.status, 200, "{}", r.text());
     // The reply is the echo service's, not the LLM's.
     assert_eq!(r.header("x-mock-name"), Some("echo"));
-    assert!(r.header("content-type").unwrap().starts_with("application/json"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
     assert!(r.header("x-request-id").is_some());
 
     assert_llm_call(&llm);
@@ -101,18 +108,30 @@ fn the_llm_answer_is_sent_on_to_the_upstream_and_the_client_gets_its_reply() {
     assert_eq!(up["method"], "POST");
     assert_eq!(up["path"], "/anything?x=1&y=two");
     assert_eq!(header(up, "content-type"), Some("application/json"));
-    assert_eq!(header(up, "content-length"), Some(up["body_len"].as_u64().unwrap().to_string().as_str()));
+    assert_eq!(
+        header(up, "content-length"),
+        Some(up["body_len"].as_u64().unwrap().to_string().as_str())
+    );
     assert_eq!(header(up, "x-trace"), Some("t-1"));
     assert_eq!(header(up, "x-request-id"), r.header("x-request-id"));
-    assert!(!up.to_string().contains("sk-llm-secret"), "the provider key reached the upstream: {up}");
+    assert!(
+        !up.to_string().contains("sk-llm-secret"),
+        "the provider key reached the upstream: {up}"
+    );
     let completion = sent_body(up);
     assert_eq!(completion["object"], "chat.completion");
     assert_eq!(completion["id"], "chatcmpl-mock-1");
     assert_eq!(completion["model"], "gpt-4");
     assert_eq!(completion["system_fingerprint"], "llm");
-    assert_eq!(completion["choices"][0]["message"]["content"], "Hello from llm");
+    assert_eq!(
+        completion["choices"][0]["message"]["content"],
+        "Hello from llm"
+    );
     // 4 + 3 words, 3 pieces.
-    assert_eq!(completion["usage"], json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}));
+    assert_eq!(
+        completion["usage"],
+        json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})
+    );
 
     // The client sees the echo of exactly that.
     let got = r.json();
@@ -125,7 +144,12 @@ fn the_llm_answer_is_sent_on_to_the_upstream_and_the_client_gets_its_reply() {
     // The LLM call's tokens are logged.
     let lines = gw.log_lines(1);
     assert_eq!(lines.len(), 1);
-    assert_eq!(logged_tokens(&lines[0]), ("7".into(), "3".into(), "10".into()), "{}", lines[0]);
+    assert_eq!(
+        logged_tokens(&lines[0]),
+        ("7".into(), "3".into(), "10".into()),
+        "{}",
+        lines[0]
+    );
     assert!(lines[0].contains(" 200 "), "{}", lines[0]);
 }
 
@@ -149,7 +173,10 @@ fn the_upstream_gets_the_clients_own_method_and_repeated_query() {
     let got = r.json();
     assert_eq!(got["method"], "PUT");
     assert_eq!(got["args"], json!({"a": ["1", "2"], "q": "hello world"}));
-    assert_eq!(got["json"]["choices"][0]["message"]["content"], "Hello from llm");
+    assert_eq!(
+        got["json"]["choices"][0]["message"]["content"],
+        "Hello from llm"
+    );
 }
 
 #[test]
@@ -161,7 +188,10 @@ fn an_llm_error_is_relayed_and_the_upstream_gets_nothing() {
     let r = gw.chat("/anything", &seed_body());
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(r.text(), r#"{"error":{"message":"mock llm error 429","type":"mock_error","code":429}}"#);
+    assert_eq!(
+        r.text(),
+        r#"{"error":{"message":"mock llm error 429","type":"mock_error","code":429}}"#
+    );
     assert!(r.header("x-request-id").is_some());
 
     // Another status with a non-JSON body: status, body and content type as the provider sent them.
@@ -172,7 +202,11 @@ fn an_llm_error_is_relayed_and_the_upstream_gets_nothing() {
     assert_eq!(r.text(), "upstream overloaded, retry later");
 
     assert_eq!(llm.llm_requests().len(), 2);
-    assert!(echo.requests().is_empty(), "the upstream was called after an LLM error: {:?}", echo.requests());
+    assert!(
+        echo.requests().is_empty(),
+        "the upstream was called after an LLM error: {:?}",
+        echo.requests()
+    );
     let lines = gw.log_lines(2);
     assert!(lines[0].contains(" 429 "), "{}", lines[0]);
     assert!(lines[1].contains(" 503 "), "{}", lines[1]);
@@ -194,18 +228,34 @@ fn passthrough_false_behaves_like_plain_ai_proxy() {
     let llm = Mock::start("llm");
     let echo = Mock::start("echo");
     let gw = Gateway::start(&route(&llm.chat_url(), &echo, false));
-    let r = gw.chat_with("/anything?x=1", &[("Authorization", "Bearer client-token")], &seed_body());
+    let r = gw.chat_with(
+        "/anything?x=1",
+        &[("Authorization", "Bearer client-token")],
+        &seed_body(),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-mock-name"), Some("llm"));
     let got = r.json();
     assert_eq!(got["object"], "chat.completion");
     assert_eq!(got["model"], "gpt-4");
     assert_eq!(got["choices"][0]["message"]["content"], "Hello from llm");
-    assert_eq!(got["usage"], json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}));
+    assert_eq!(
+        got["usage"],
+        json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})
+    );
     assert_llm_call(&llm);
-    assert!(echo.requests().is_empty(), "the route's upstream was called: {:?}", echo.requests());
+    assert!(
+        echo.requests().is_empty(),
+        "the route's upstream was called: {:?}",
+        echo.requests()
+    );
     let lines = gw.log_lines(1);
-    assert_eq!(logged_tokens(&lines[0]), ("7".into(), "3".into(), "10".into()), "{}", lines[0]);
+    assert_eq!(
+        logged_tokens(&lines[0]),
+        ("7".into(), "3".into(), "10".into()),
+        "{}",
+        lines[0]
+    );
 }
 
 #[test]

@@ -51,7 +51,9 @@ fn form_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                out.push(u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16).unwrap());
+                out.push(
+                    u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16).unwrap(),
+                );
                 i += 2;
             }
             c => out.push(c),
@@ -94,16 +96,26 @@ fn yaml_str(s: &str) -> String {
 
 /// The token calls a mock received.
 fn token_calls(mock: &Mock) -> Vec<Value> {
-    mock.requests().into_iter().filter(|r| r["path"].as_str().unwrap_or("").ends_with("/token")).collect()
+    mock.requests()
+        .into_iter()
+        .filter(|r| r["path"].as_str().unwrap_or("").ends_with("/token"))
+        .collect()
 }
 
 /// Check one recorded token call: a form POST of a JWT bearer grant whose assertion is an RS256 JWT
 /// signed by the fixture key with Google's claims. Returns the claims.
 fn verify_token_call(call: &Value, email: &str, token_uri: &str) -> Value {
     assert_eq!(call["method"], "POST");
-    assert_eq!(header(call, "content-type"), Some("application/x-www-form-urlencoded"), "{call}");
+    assert_eq!(
+        header(call, "content-type"),
+        Some("application/x-www-form-urlencoded"),
+        "{call}"
+    );
     let body = call["body"].as_str().unwrap();
-    assert_eq!(header(call, "content-length"), Some(body.len().to_string().as_str()));
+    assert_eq!(
+        header(call, "content-length"),
+        Some(body.len().to_string().as_str())
+    );
     let pairs = form_pairs(body);
     let names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(names, ["grant_type", "assertion"], "{body}");
@@ -118,14 +130,22 @@ fn verify_token_call(call: &Value, email: &str, token_uri: &str) -> Value {
     v.set_audience(&[token_uri]);
     v.set_issuer(&[email]);
     v.set_required_spec_claims(&["exp", "iat", "iss", "aud"]);
-    let claims = jsonwebtoken::decode::<Value>(jwt, &key, &v).expect("the JWT verifies with the public key").claims;
+    let claims = jsonwebtoken::decode::<Value>(jwt, &key, &v)
+        .expect("the JWT verifies with the public key")
+        .claims;
     assert_eq!(claims["iss"], email);
     assert_eq!(claims["aud"], token_uri);
     assert_eq!(claims["scope"], SCOPE);
-    let (iat, exp) = (claims["iat"].as_u64().unwrap(), claims["exp"].as_u64().unwrap());
+    let (iat, exp) = (
+        claims["iat"].as_u64().unwrap(),
+        claims["exp"].as_u64().unwrap(),
+    );
     assert_eq!(exp - iat, 3600, "{claims}");
     let now = now_ms() / 1000;
-    assert!(iat + 60 >= now && iat <= now + 5, "iat {iat} is not now ({now})");
+    assert!(
+        iat + 60 >= now && iat <= now + 5,
+        "iat {iat} is not now ({now})"
+    );
 
     // The signature really covers the claims: a token with a changed payload must not verify.
     let parts: Vec<&str> = jwt.split('.').collect();
@@ -203,16 +223,32 @@ routes:
 
     // What the client sees: the mock's answer.
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.header("content-type").unwrap().starts_with("application/json"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
     assert_eq!(r.header("x-mock-name"), Some(c.provider));
     let answer = r.json();
     assert_eq!(answer["object"], "chat.completion");
-    assert_eq!(answer["choices"][0]["message"]["content"], format!("Hello from {}", c.provider));
-    let model = if c.drops_model { "mock-model".to_string() } else { format!("{}-model", c.provider) };
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        format!("Hello from {}", c.provider)
+    );
+    let model = if c.drops_model {
+        "mock-model".to_string()
+    } else {
+        format!("{}-model", c.provider)
+    };
     assert_eq!(answer["model"], model.as_str());
     // prompt = 2 + 5 words, completion = 3 pieces
-    assert_eq!(answer["usage"], json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}));
-    let request_id = r.header("x-request-id").expect("the client gets X-Request-Id").to_string();
+    assert_eq!(
+        answer["usage"],
+        json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})
+    );
+    let request_id = r
+        .header("x-request-id")
+        .expect("the client gets X-Request-Id")
+        .to_string();
     assert!(!request_id.is_empty());
 
     // What the provider got.
@@ -221,20 +257,45 @@ routes:
     let up = &reqs[0];
     assert_eq!(up["method"], "POST");
     assert_eq!(up["path"], c.target);
-    assert_eq!(header(up, "host"), Some(format!("127.0.0.1:{}", mock.port).as_str()));
+    assert_eq!(
+        header(up, "host"),
+        Some(format!("127.0.0.1:{}", mock.port).as_str())
+    );
     if let Some((name, value)) = c.key_header {
         assert_eq!(header(up, &name.to_ascii_lowercase()), Some(value), "{up}");
     }
-    assert!(!up.to_string().contains("client-own-key"), "the client's key reached the provider: {up}");
+    assert!(
+        !up.to_string().contains("client-own-key"),
+        "the client's key reached the provider: {up}"
+    );
     assert_eq!(header(up, "content-type"), Some("application/json"));
     let body_len = up["body_len"].as_u64().unwrap();
-    assert_eq!(header(up, "content-length"), Some(body_len.to_string().as_str()));
+    assert_eq!(
+        header(up, "content-length"),
+        Some(body_len.to_string().as_str())
+    );
     assert_eq!(header(up, "transfer-encoding"), None);
     assert_eq!(header(up, "accept-encoding"), None, "{up}");
-    for hop in ["connection", "x-foo", "keep-alive", "te", "proxy-connection", "upgrade", "trailer"] {
-        assert_eq!(header(up, hop), None, "hop-by-hop header {hop} was forwarded: {up}");
+    for hop in [
+        "connection",
+        "x-foo",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "upgrade",
+        "trailer",
+    ] {
+        assert_eq!(
+            header(up, hop),
+            None,
+            "hop-by-hop header {hop} was forwarded: {up}"
+        );
     }
-    assert_eq!(header(up, "x-client-trace"), Some("trace-123"), "end-to-end headers are forwarded");
+    assert_eq!(
+        header(up, "x-client-trace"),
+        Some("trace-123"),
+        "end-to-end headers are forwarded"
+    );
     assert_eq!(header(up, "x-request-id"), Some(request_id.as_str()));
 
     let mut expected = json!({
@@ -251,7 +312,12 @@ routes:
 
     let lines = gw.log_lines(1);
     assert_eq!(lines.len(), 1);
-    assert_eq!(logged_tokens(&lines[0]), ("7".into(), "3".into(), "10".into()), "{}", lines[0]);
+    assert_eq!(
+        logged_tokens(&lines[0]),
+        ("7".into(), "3".into(), "10".into()),
+        "{}",
+        lines[0]
+    );
 }
 
 #[test]
@@ -418,15 +484,25 @@ routes:
     ));
     let r = gw.chat_with(
         "/v1/chat/completions",
-        &[("Connection", "Upgrade"), ("Upgrade", "h2c"), ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA")],
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "h2c"),
+            ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ],
         &chat_body("hello there"),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["choices"][0]["message"]["content"], "Hello from upg");
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "Hello from upg"
+    );
     let up = mock.last();
     assert_eq!(header(&up, "upgrade"), None, "{up}");
     assert_eq!(header(&up, "connection"), None, "{up}");
-    assert_eq!(sent_body(&up), json!({"messages": [{"role": "user", "content": "hello there"}], "model": "m"}));
+    assert_eq!(
+        sent_body(&up),
+        json!({"messages": [{"role": "user", "content": "hello there"}], "model": "m"})
+    );
 }
 
 #[test]
@@ -445,10 +521,17 @@ routes:
 "#,
         mock.url("/chat/completions")
     ));
-    let r = gw.chat_with("/v1/chat/completions", &[("x-mock-status", "429")], &chat_body("hi"));
+    let r = gw.chat_with(
+        "/v1/chat/completions",
+        &[("x-mock-status", "429")],
+        &chat_body("hi"),
+    );
     assert_eq!(r.status, 429);
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(r.text(), r#"{"error":{"message":"mock err error 429","type":"mock_error","code":429}}"#);
+    assert_eq!(
+        r.text(),
+        r#"{"error":{"message":"mock err error 429","type":"mock_error","code":429}}"#
+    );
     assert_eq!(mock.llm_requests().len(), 1);
 }
 
@@ -474,21 +557,37 @@ routes:
         mock.url("/v1/embeddings?api-version=2")
     ));
     let body = json!({"input": ["the quick brown fox", "jumps"], "model": "client-model", "dimensions": 8});
-    let r = gw.chat_with("/v1/embeddings", &[("Authorization", "Bearer client")], &body);
+    let r = gw.chat_with(
+        "/v1/embeddings",
+        &[("Authorization", "Bearer client")],
+        &body,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
 
     let up = mock.last();
     assert_eq!(up["method"], "POST");
     assert_eq!(up["path"], "/v1/embeddings?api-version=2");
     assert_eq!(header(&up, "authorization"), Some("Bearer sk-emb"));
-    assert_eq!(header(&up, "host"), Some(format!("127.0.0.1:{}", mock.port).as_str()));
-    assert_eq!(header(&up, "content-length"), Some(up["body_len"].as_u64().unwrap().to_string().as_str()));
+    assert_eq!(
+        header(&up, "host"),
+        Some(format!("127.0.0.1:{}", mock.port).as_str())
+    );
+    assert_eq!(
+        header(&up, "content-length"),
+        Some(up["body_len"].as_u64().unwrap().to_string().as_str())
+    );
     let expected_body = json!({"input": ["the quick brown fox", "jumps"], "model": "text-embedding-3-small", "dimensions": 8});
     assert_eq!(sent_body(&up), expected_body);
 
     // The client gets exactly what the provider answered (the same request straight to an
     // identical mock gives the same vectors).
-    let direct = request(reference.port, "POST", "/v1/embeddings", &[("content-type", "application/json")], expected_body.to_string().as_bytes());
+    let direct = request(
+        reference.port,
+        "POST",
+        "/v1/embeddings",
+        &[("content-type", "application/json")],
+        expected_body.to_string().as_bytes(),
+    );
     let got = r.json();
     assert_eq!(got, direct.json());
     assert_eq!(got["object"], "list");
@@ -498,8 +597,18 @@ routes:
     assert_eq!(got["usage"], json!({"prompt_tokens": 5, "total_tokens": 5}));
 
     let lines = gw.log_lines(1);
-    assert_eq!(logged_tokens(&lines[0]), ("5".into(), "0".into(), "5".into()), "{}", lines[0]);
-    assert_eq!(logged_llm_model(&lines[0]), "text-embedding-3-small", "{}", lines[0]);
+    assert_eq!(
+        logged_tokens(&lines[0]),
+        ("5".into(), "0".into(), "5".into()),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        logged_llm_model(&lines[0]),
+        "text-embedding-3-small",
+        "{}",
+        lines[0]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -531,21 +640,43 @@ fn gcp_conf(sa: &str, extra: &str) -> String {
 fn vertex_ai_service_account_signs_a_jwt_and_sends_the_access_token() {
     let mock = Mock::start("vx1");
     let token_uri = mock.url("/token");
-    let gw = Gateway::start(&vertex_route(&mock, &gcp_conf(&service_account(SA_EMAIL, &token_uri), "")));
-    let r = gw.chat_with("/v1/chat/completions", &[("Authorization", "Bearer client-own-key")], &chat_body("hello vertex"));
+    let gw = Gateway::start(&vertex_route(
+        &mock,
+        &gcp_conf(&service_account(SA_EMAIL, &token_uri), ""),
+    ));
+    let r = gw.chat_with(
+        "/v1/chat/completions",
+        &[("Authorization", "Bearer client-own-key")],
+        &chat_body("hello vertex"),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["choices"][0]["message"]["content"], "Hello from vx1");
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "Hello from vx1"
+    );
     assert_eq!(r.json()["model"], "google/gemini-2.0-flash");
 
     let up = mock.last();
-    assert_eq!(up["path"], "/v1beta1/projects/test-project/locations/us-central1/endpoints/openapi/chat/completions");
-    assert_eq!(header(&up, "authorization"), Some("Bearer mock-access-token-1"));
-    assert_eq!(sent_body(&up), json!({"messages": [{"role": "user", "content": "hello vertex"}], "model": "google/gemini-2.0-flash"}));
+    assert_eq!(
+        up["path"],
+        "/v1beta1/projects/test-project/locations/us-central1/endpoints/openapi/chat/completions"
+    );
+    assert_eq!(
+        header(&up, "authorization"),
+        Some("Bearer mock-access-token-1")
+    );
+    assert_eq!(
+        sent_body(&up),
+        json!({"messages": [{"role": "user", "content": "hello vertex"}], "model": "google/gemini-2.0-flash"})
+    );
 
     let calls = token_calls(&mock);
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0]["path"], "/token");
-    assert_eq!(header(&calls[0], "host"), Some(format!("127.0.0.1:{}", mock.port).as_str()));
+    assert_eq!(
+        header(&calls[0], "host"),
+        Some(format!("127.0.0.1:{}", mock.port).as_str())
+    );
     verify_token_call(&calls[0], SA_EMAIL, &token_uri);
     // The token was fetched before the provider was called.
     assert!(calls[0]["seq"].as_u64() < up["seq"].as_u64());
@@ -555,14 +686,23 @@ fn vertex_ai_service_account_signs_a_jwt_and_sends_the_access_token() {
 fn vertex_ai_token_is_cached_across_requests_and_a_burst() {
     let mock = Mock::start("vx2");
     let token_uri = mock.url("/token");
-    let gw = Gateway::start(&vertex_route(&mock, &gcp_conf(&service_account(SA_EMAIL, &token_uri), "")));
+    let gw = Gateway::start(&vertex_route(
+        &mock,
+        &gcp_conf(&service_account(SA_EMAIL, &token_uri), ""),
+    ));
     // A burst on a cold cache: one token call, every request waits for it.
     let port = gw.port;
     let threads: Vec<_> = (0..6)
         .map(|i| {
             std::thread::spawn(move || {
                 let body = chat_body(&format!("burst {i}")).to_string();
-                request(port, "POST", "/v1/chat/completions", &[("content-type", "application/json")], body.as_bytes())
+                request(
+                    port,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("content-type", "application/json")],
+                    body.as_bytes(),
+                )
             })
         })
         .collect();
@@ -571,12 +711,19 @@ fn vertex_ai_token_is_cached_across_requests_and_a_burst() {
         assert_eq!(r.status, 200, "{}", r.text());
     }
     for _ in 0..3 {
-        assert_eq!(gw.chat("/v1/chat/completions", &chat_body("again")).status, 200);
+        assert_eq!(
+            gw.chat("/v1/chat/completions", &chat_body("again")).status,
+            200
+        );
     }
     let llm = mock.llm_requests();
     assert_eq!(llm.len(), 9);
     for up in &llm {
-        assert_eq!(header(up, "authorization"), Some("Bearer mock-access-token-1"), "{up}");
+        assert_eq!(
+            header(up, "authorization"),
+            Some("Bearer mock-access-token-1"),
+            "{up}"
+        );
     }
     assert_eq!(token_calls(&mock).len(), 1);
 }
@@ -586,7 +733,13 @@ fn vertex_ai_token_is_refreshed_expire_early_secs_before_it_expires() {
     // expires_in 62 s, refreshed 60 s early: cached for 2 s.
     let mock = Mock::start_with("vx3", &["--token-ttl", "62"]);
     let token_uri = mock.url("/token");
-    let gw = Gateway::start(&vertex_route(&mock, &gcp_conf(&service_account(SA_EMAIL, &token_uri), ", expire_early_secs: 60")));
+    let gw = Gateway::start(&vertex_route(
+        &mock,
+        &gcp_conf(
+            &service_account(SA_EMAIL, &token_uri),
+            ", expire_early_secs: 60",
+        ),
+    ));
     let auth_of_next = || {
         let r = gw.chat("/v1/chat/completions", &chat_body("tick"));
         assert_eq!(r.status, 200, "{}", r.text());
@@ -603,7 +756,10 @@ fn vertex_ai_token_is_refreshed_expire_early_secs_before_it_expires() {
     // A fresh JWT for the second grant.
     let c1 = verify_token_call(&calls[0], SA_EMAIL, &token_uri);
     let c2 = verify_token_call(&calls[1], SA_EMAIL, &token_uri);
-    assert!(c2["iat"].as_u64().unwrap() >= c1["iat"].as_u64().unwrap() + 2, "{c1} {c2}");
+    assert!(
+        c2["iat"].as_u64().unwrap() >= c1["iat"].as_u64().unwrap() + 2,
+        "{c1} {c2}"
+    );
 }
 
 #[test]
@@ -611,12 +767,21 @@ fn vertex_ai_token_cache_is_capped_by_max_ttl() {
     // The token is valid for an hour, but max_ttl 1 caches it for one second only.
     let mock = Mock::start("vx4");
     let token_uri = mock.url("/token");
-    let gw = Gateway::start(&vertex_route(&mock, &gcp_conf(&service_account(SA_EMAIL, &token_uri), ", max_ttl: 1")));
+    let gw = Gateway::start(&vertex_route(
+        &mock,
+        &gcp_conf(&service_account(SA_EMAIL, &token_uri), ", max_ttl: 1"),
+    ));
     assert_eq!(gw.chat("/v1/chat/completions", &chat_body("a")).status, 200);
-    assert_eq!(header(&mock.last(), "authorization"), Some("Bearer mock-access-token-1"));
+    assert_eq!(
+        header(&mock.last(), "authorization"),
+        Some("Bearer mock-access-token-1")
+    );
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(gw.chat("/v1/chat/completions", &chat_body("b")).status, 200);
-    assert_eq!(header(&mock.last(), "authorization"), Some("Bearer mock-access-token-2"));
+    assert_eq!(
+        header(&mock.last(), "authorization"),
+        Some("Bearer mock-access-token-2")
+    );
     assert_eq!(token_calls(&mock).len(), 2);
 }
 
@@ -627,20 +792,32 @@ fn vertex_ai_service_account_from_env_when_the_config_has_none() {
     let email = "from-env@test-project.iam.gserviceaccount.com";
     let gw = Gateway::start_with(
         &vertex_route(&mock, "{}"),
-        GatewayOpts { env: vec![("GCP_SERVICE_ACCOUNT", service_account(email, &token_uri))], ..Default::default() },
+        GatewayOpts {
+            env: vec![("GCP_SERVICE_ACCOUNT", service_account(email, &token_uri))],
+            ..Default::default()
+        },
     );
     let r = gw.chat("/v1/chat/completions", &chat_body("env account"));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(header(&mock.last(), "authorization"), Some("Bearer mock-access-token-1"));
+    assert_eq!(
+        header(&mock.last(), "authorization"),
+        Some("Bearer mock-access-token-1")
+    );
     let calls = token_calls(&mock);
     assert_eq!(calls.len(), 1);
-    assert_eq!(verify_token_call(&calls[0], email, &token_uri)["iss"], email);
+    assert_eq!(
+        verify_token_call(&calls[0], email, &token_uri)["iss"],
+        email
+    );
 }
 
 /// The client's 502 must not carry the key, the JWT or the token endpoint's secrets.
 fn assert_no_secrets(text: &str) {
     let key_line = PRIVATE_KEY.lines().nth(1).unwrap();
-    assert!(!text.contains(key_line), "private key material leaked: {text}");
+    assert!(
+        !text.contains(key_line),
+        "private key material leaked: {text}"
+    );
     assert!(!text.contains("PRIVATE KEY"), "{text}");
     assert!(!text.contains("eyJ"), "a JWT leaked: {text}");
     assert!(!text.contains("assertion"), "{text}");
@@ -650,12 +827,18 @@ fn assert_no_secrets(text: &str) {
 fn vertex_ai_unreachable_token_endpoint_gives_a_502_without_secrets() {
     let mock = Mock::start("vx6");
     let token_uri = format!("http://127.0.0.1:{}/token", closed_port());
-    let gw = Gateway::start(&vertex_route(&mock, &gcp_conf(&service_account(SA_EMAIL, &token_uri), "")));
+    let gw = Gateway::start(&vertex_route(
+        &mock,
+        &gcp_conf(&service_account(SA_EMAIL, &token_uri), ""),
+    ));
     let r = gw.chat("/v1/chat/completions", &chat_body("no token"));
     r.openai_error(502);
     assert_no_secrets(&r.text());
     assert!(r.header("x-request-id").is_some());
-    assert!(mock.llm_requests().is_empty(), "the provider was called without a token");
+    assert!(
+        mock.llm_requests().is_empty(),
+        "the provider was called without a token"
+    );
     assert_no_secrets(&gw.error_log());
     let lines = gw.log_lines(1);
     assert!(lines[0].contains(" 502 "), "{}", lines[0]);
@@ -666,7 +849,10 @@ fn vertex_ai_token_endpoint_refusing_the_grant_gives_a_502_and_is_retried_next_t
     let llm = Mock::start("vx7");
     let token = Mock::start_with("tok", &["--status", "401"]);
     let token_uri = token.url("/token");
-    let gw = Gateway::start(&vertex_route(&llm, &gcp_conf(&service_account(SA_EMAIL, &token_uri), "")));
+    let gw = Gateway::start(&vertex_route(
+        &llm,
+        &gcp_conf(&service_account(SA_EMAIL, &token_uri), ""),
+    ));
     let r = gw.chat("/v1/chat/completions", &chat_body("refused"));
     r.openai_error(502);
     assert_no_secrets(&r.text());
@@ -679,7 +865,10 @@ fn vertex_ai_token_endpoint_refusing_the_grant_gives_a_502_and_is_retried_next_t
     token.set(json!({"status": 200}));
     let r = gw.chat("/v1/chat/completions", &chat_body("recovered"));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(header(&llm.last(), "authorization"), Some("Bearer mock-access-token-1"));
+    assert_eq!(
+        header(&llm.last(), "authorization"),
+        Some("Bearer mock-access-token-1")
+    );
     assert_eq!(token_calls(&token).len(), 2);
 }
 
@@ -709,9 +898,13 @@ routes:
 fn vertex_ai_embeddings_go_to_predict_and_come_back_in_openai_shape() {
     let mock = Mock::start("vxe");
     let reference = Mock::start("ref");
-    let gw = vertex_embeddings_gateway(&mock, r#"{ header: { Authorization: "Bearer ya29.emb" } }"#);
+    let gw =
+        vertex_embeddings_gateway(&mock, r#"{ header: { Authorization: "Bearer ya29.emb" } }"#);
     let inputs = ["hello world", "one two three", "x"];
-    let r = gw.chat("/v1/embeddings", &json!({"input": inputs, "model": "client-model"}));
+    let r = gw.chat(
+        "/v1/embeddings",
+        &json!({"input": inputs, "model": "client-model"}),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
 
     let up = mock.last();
@@ -719,12 +912,22 @@ fn vertex_ai_embeddings_go_to_predict_and_come_back_in_openai_shape() {
     assert_eq!(up["path"], PREDICT_PATH);
     assert_eq!(header(&up, "authorization"), Some("Bearer ya29.emb"));
     assert_eq!(header(&up, "content-type"), Some("application/json"));
-    assert_eq!(header(&up, "content-length"), Some(up["body_len"].as_u64().unwrap().to_string().as_str()));
+    assert_eq!(
+        header(&up, "content-length"),
+        Some(up["body_len"].as_u64().unwrap().to_string().as_str())
+    );
     let instances = json!({"instances": [{"content": "hello world"}, {"content": "one two three"}, {"content": "x"}]});
     assert_eq!(sent_body(&up), instances);
 
     // The vectors the provider computed, from an identical mock.
-    let direct = request(reference.port, "POST", PREDICT_PATH, &[("content-type", "application/json")], instances.to_string().as_bytes()).json();
+    let direct = request(
+        reference.port,
+        "POST",
+        PREDICT_PATH,
+        &[("content-type", "application/json")],
+        instances.to_string().as_bytes(),
+    )
+    .json();
     let got = r.json();
     assert_eq!(got["object"], "list");
     assert_eq!(got["model"], "text-embedding-005");
@@ -733,7 +936,10 @@ fn vertex_ai_embeddings_go_to_predict_and_come_back_in_openai_shape() {
     for (i, d) in data.iter().enumerate() {
         assert_eq!(d["object"], "embedding");
         assert_eq!(d["index"], i);
-        assert_eq!(d["embedding"], direct["predictions"][i]["embeddings"]["values"], "item {i}");
+        assert_eq!(
+            d["embedding"], direct["predictions"][i]["embeddings"]["values"],
+            "item {i}"
+        );
         assert_eq!(d["embedding"].as_array().unwrap().len(), 8);
     }
     // 2 + 3 + 1 words, as the mock's statistics.token_count say.
@@ -741,16 +947,28 @@ fn vertex_ai_embeddings_go_to_predict_and_come_back_in_openai_shape() {
     assert_eq!(got["usage"]["total_tokens"], 6);
 
     let lines = gw.log_lines(1);
-    assert_eq!(logged_tokens(&lines[0]), ("6".into(), "0".into(), "6".into()), "{}", lines[0]);
+    assert_eq!(
+        logged_tokens(&lines[0]),
+        ("6".into(), "0".into(), "6".into()),
+        "{}",
+        lines[0]
+    );
 }
 
 #[test]
 fn vertex_ai_embeddings_of_a_single_string() {
     let mock = Mock::start("vxs");
-    let gw = vertex_embeddings_gateway(&mock, r#"{ header: { Authorization: "Bearer ya29.emb" } }"#);
-    let r = gw.chat("/v1/embeddings", &json!({"input": "a single sentence here"}));
+    let gw =
+        vertex_embeddings_gateway(&mock, r#"{ header: { Authorization: "Bearer ya29.emb" } }"#);
+    let r = gw.chat(
+        "/v1/embeddings",
+        &json!({"input": "a single sentence here"}),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(sent_body(&mock.last()), json!({"instances": [{"content": "a single sentence here"}]}));
+    assert_eq!(
+        sent_body(&mock.last()),
+        json!({"instances": [{"content": "a single sentence here"}]})
+    );
     let got = r.json();
     assert_eq!(got["data"].as_array().unwrap().len(), 1);
     assert_eq!(got["usage"]["prompt_tokens"], 4);
@@ -760,13 +978,22 @@ fn vertex_ai_embeddings_of_a_single_string() {
 fn vertex_ai_embeddings_with_a_service_account() {
     let mock = Mock::start("vxg");
     let token_uri = mock.url("/token");
-    let gw = vertex_embeddings_gateway(&mock, &format!("{{ gcp: {} }}", gcp_conf(&service_account(SA_EMAIL, &token_uri), "")));
+    let gw = vertex_embeddings_gateway(
+        &mock,
+        &format!(
+            "{{ gcp: {} }}",
+            gcp_conf(&service_account(SA_EMAIL, &token_uri), "")
+        ),
+    );
     let r = gw.chat("/v1/embeddings", &json!({"input": ["alpha beta"]}));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["usage"]["prompt_tokens"], 2);
     let up = mock.last();
     assert_eq!(up["path"], PREDICT_PATH);
-    assert_eq!(header(&up, "authorization"), Some("Bearer mock-access-token-1"));
+    assert_eq!(
+        header(&up, "authorization"),
+        Some("Bearer mock-access-token-1")
+    );
     assert_eq!(token_calls(&mock).len(), 1);
 }
 
@@ -792,9 +1019,15 @@ routes:
     assert_eq!(r.status, 200, "{}", r.text());
     let got = r.json();
     assert_eq!(got["object"], "chat.completion");
-    assert_eq!(got["usage"], json!({"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}));
+    assert_eq!(
+        got["usage"],
+        json!({"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6})
+    );
     let up = mock.last();
-    assert_eq!(up["path"], "/v1beta1/projects/p/locations/europe-west4/endpoints/openapi/chat/completions");
+    assert_eq!(
+        up["path"],
+        "/v1beta1/projects/p/locations/europe-west4/endpoints/openapi/chat/completions"
+    );
     assert_eq!(sent_body(&up), body);
 }
 
@@ -852,12 +1085,19 @@ routes:
     assert_eq!(sent_body(&reqs[1]), expected);
     assert_eq!(reqs[0]["body_len"], reqs[1]["body_len"]);
     assert_eq!(reqs[0]["path"], reqs[1]["path"]);
-    assert_eq!(header(&reqs[0], "authorization"), header(&reqs[1], "authorization"));
+    assert_eq!(
+        header(&reqs[0], "authorization"),
+        header(&reqs[1], "authorization")
+    );
     let lines = gw.log_lines(2);
     for l in &lines {
         assert_eq!(logged_llm_model(l), "gpt-4", "{l}");
         // 4 + 3 words, 3 pieces
-        assert_eq!(logged_tokens(l), ("7".into(), "3".into(), "10".into()), "{l}");
+        assert_eq!(
+            logged_tokens(l),
+            ("7".into(), "3".into(), "10".into()),
+            "{l}"
+        );
     }
 }
 
@@ -916,23 +1156,37 @@ routes:
 "#,
         mock.url(PREDICT_PATH)
     ));
-    let r = gw.chat("/v1/embeddings", &json!({"input": ["four words right here"], "model": "text-embedding-005"}));
+    let r = gw.chat(
+        "/v1/embeddings",
+        &json!({"input": ["four words right here"], "model": "text-embedding-005"}),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let got = r.json();
     assert_eq!(got["model"], "text-embedding-005");
     assert_eq!(got["usage"], json!({"prompt_tokens": 4, "total_tokens": 4}));
     // The model is named by the URL; the predict body carries only the instances.
-    assert_eq!(sent_body(&mock.last()), json!({"instances": [{"content": "four words right here"}]}));
+    assert_eq!(
+        sent_body(&mock.last()),
+        json!({"instances": [{"content": "four words right here"}]})
+    );
 }
 
 #[test]
 fn vertex_ai_predict_error_reaches_the_client_unchanged() {
     let mock = Mock::start("vxerr");
-    let gw = vertex_embeddings_gateway(&mock, r#"{ header: { Authorization: "Bearer ya29.emb" } }"#);
-    let r = gw.chat_with("/v1/embeddings", &[("x-mock-status", "429")], &json!({"input": ["rate limited"]}));
+    let gw =
+        vertex_embeddings_gateway(&mock, r#"{ header: { Authorization: "Bearer ya29.emb" } }"#);
+    let r = gw.chat_with(
+        "/v1/embeddings",
+        &[("x-mock-status", "429")],
+        &json!({"input": ["rate limited"]}),
+    );
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(r.text(), r#"{"error":{"message":"mock vxerr error 429","type":"mock_error","code":429}}"#);
+    assert_eq!(
+        r.text(),
+        r#"{"error":{"message":"mock vxerr error 429","type":"mock_error","code":429}}"#
+    );
     assert_eq!(mock.last()["path"], PREDICT_PATH);
 }
 
@@ -962,12 +1216,24 @@ routes:
         chat = mock.url("/v1beta1/projects/test-project/locations/us-central1/endpoints/openapi/chat/completions"),
         predict = mock.url(PREDICT_PATH),
     ));
-    assert_eq!(gw.chat("/v1/chat/completions", &chat_body("first route")).status, 200);
-    assert_eq!(gw.chat("/v1/embeddings", &json!({"input": "second route"})).status, 200);
+    assert_eq!(
+        gw.chat("/v1/chat/completions", &chat_body("first route"))
+            .status,
+        200
+    );
+    assert_eq!(
+        gw.chat("/v1/embeddings", &json!({"input": "second route"}))
+            .status,
+        200
+    );
     let llm = mock.llm_requests();
     assert_eq!(llm.len(), 2);
     for up in &llm {
-        assert_eq!(header(up, "authorization"), Some("Bearer mock-access-token-1"), "{up}");
+        assert_eq!(
+            header(up, "authorization"),
+            Some("Bearer mock-access-token-1"),
+            "{up}"
+        );
     }
     assert_eq!(token_calls(&mock).len(), 1);
 }

@@ -31,8 +31,14 @@ fn seed_000_openai_route() {
     let v = r.json();
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "gpt-4o");
-    assert_eq!(v["usage"], json!({"prompt_tokens": 14, "completion_tokens": 3, "total_tokens": 17}));
-    assert_eq!(mock.last()["headers"]["authorization"], "Bearer sk-proj-demo");
+    assert_eq!(
+        v["usage"],
+        json!({"prompt_tokens": 14, "completion_tokens": 3, "total_tokens": 17})
+    );
+    assert_eq!(
+        mock.last()["headers"]["authorization"],
+        "Bearer sk-proj-demo"
+    );
 }
 
 #[test]
@@ -45,7 +51,10 @@ fn seed_001_older_schema_and_azure() {
     let r = gw.chat_with("/anything-llm", &[("Host", "api.openai.com:443")], &body);
     assert_eq!(r.json()["model"], "gpt-4");
     let sent = sent_body(&mock);
-    assert_eq!((sent["max_tokens"].clone(), sent["temperature"].clone()), (json!(512), json!(1.0)));
+    assert_eq!(
+        (sent["max_tokens"].clone(), sent["temperature"].clone()),
+        (json!(512), json!(1.0))
+    );
 
     let r = gw.chat(
         "/azure",
@@ -54,10 +63,19 @@ fn seed_001_older_schema_and_azure() {
     );
     assert_eq!(r.status, 200);
     let last = mock.last();
-    assert_eq!(last["path"], "/openai/deployments/gpt-4/chat/completions?api-version=2024-02-15-preview");
-    assert_eq!(last["headers"]["api-key"], "57cha9ee8e8a89a12c0aha174f180f4");
+    assert_eq!(
+        last["path"],
+        "/openai/deployments/gpt-4/chat/completions?api-version=2024-02-15-preview"
+    );
+    assert_eq!(
+        last["headers"]["api-key"],
+        "57cha9ee8e8a89a12c0aha174f180f4"
+    );
     let sent = sent_body(&mock);
-    assert_eq!((sent["max_tokens"].clone(), sent["temperature"].clone()), (json!(512), json!(1.0)));
+    assert_eq!(
+        (sent["max_tokens"].clone(), sent["temperature"].clone()),
+        (json!(512), json!(1.0))
+    );
 }
 
 #[test]
@@ -84,19 +102,33 @@ fn seed_001_passthrough() {
 fn seed_002_openai_compatible() {
     let (_mock, gw) = start();
     let body = json!({"messages": [{ "role": "user", "content": "Hello, how are you?" }]});
-    assert_eq!(gw.chat("/custom-llm", &body).json()["model"], "your-model-name");
-    assert_eq!(gw.chat("/vllm", &body).json()["model"], "meta-llama/Llama-3.1-8B-Instruct");
+    assert_eq!(
+        gw.chat("/custom-llm", &body).json()["model"],
+        "your-model-name"
+    );
+    assert_eq!(
+        gw.chat("/vllm", &body).json()["model"],
+        "meta-llama/Llama-3.1-8B-Instruct"
+    );
 }
 
 #[test]
 fn seed_004_vars_routing_services_embeddings_and_streaming() {
     let (mock, gw) = start();
     let ask = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "What is 1+1?"}]});
-    assert_eq!(gw.chat("/v1/chat/completions", &ask("deepseek-chat")).json()["model"], "deepseek-chat");
+    assert_eq!(
+        gw.chat("/v1/chat/completions", &ask("deepseek-chat"))
+            .json()["model"],
+        "deepseek-chat"
+    );
     assert_eq!(mock.last()["path"], "/chat/completions");
-    assert_eq!(gw.chat("/v1/chat/completions", &ask("gpt-4")).json()["model"], "gpt-4");
+    assert_eq!(
+        gw.chat("/v1/chat/completions", &ask("gpt-4")).json()["model"],
+        "gpt-4"
+    );
     assert_eq!(sent_body(&mock)["max_tokens"], 1024);
-    gw.chat("/v1/chat/completions", &ask("llama")).openai_error(404);
+    gw.chat("/v1/chat/completions", &ask("llama"))
+        .openai_error(404);
 
     let r = gw.chat("/v1/embeddings", &json!({"input": "hello world"}));
     let v = r.json();
@@ -113,7 +145,10 @@ fn seed_004_vars_routing_services_embeddings_and_streaming() {
 fn models(gw: &Gateway, path: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|_| {
-            let r = gw.chat(path, &json!({"messages": [{ "role": "user", "content": "What is 1+1?" }]}));
+            let r = gw.chat(
+                path,
+                &json!({"messages": [{ "role": "user", "content": "What is 1+1?" }]}),
+            );
             assert_eq!(r.status, 200, "{}", r.text());
             r.json()["model"].as_str().unwrap().to_string()
         })
@@ -128,7 +163,11 @@ fn count(v: &[String], m: &str) -> usize {
 fn seed_000_multi_model_routing() {
     let (_mock, gw) = start();
     let m = models(&gw, "/openai-multi", 10);
-    assert_eq!((count(&m, "gpt-4o-mini"), count(&m, "gpt-4o")), (8, 2), "{m:?}");
+    assert_eq!(
+        (count(&m, "gpt-4o-mini"), count(&m, "gpt-4o")),
+        (8, 2),
+        "{m:?}"
+    );
 }
 
 #[test]
@@ -138,21 +177,35 @@ fn seed_002_hybrid_route_prefers_the_higher_priority_number() {
     // falls back to the self-hosted instance.
     let m = models(&gw, "/hybrid", 2);
     assert_eq!(m, vec!["meta-llama/Llama-3.1-8B-Instruct"; 2]);
-    assert_eq!(mock.last()["headers"]["authorization"], "Bearer placeholder");
+    assert_eq!(
+        mock.last()["headers"]["authorization"],
+        "Bearer placeholder"
+    );
 }
 
 #[test]
 fn seed_003_load_balancing_priority_max_tokens_embeddings() {
     let (mock, gw) = start();
     let m = models(&gw, "/multi/lb", 10);
-    assert_eq!((count(&m, "gpt-4"), count(&m, "deepseek-chat")), (8, 2), "{m:?}");
+    assert_eq!(
+        (count(&m, "gpt-4"), count(&m, "deepseek-chat")),
+        (8, 2),
+        "{m:?}"
+    );
 
     assert_eq!(models(&gw, "/multi/priority", 3), vec!["gpt-4"; 3]);
 
     for _ in 0..2 {
-        let r = gw.chat("/multi/max-tokens", &json!({"messages": [{ "role": "user", "content": "Explain Newtons law" }]}));
+        let r = gw.chat(
+            "/multi/max-tokens",
+            &json!({"messages": [{ "role": "user", "content": "Explain Newtons law" }]}),
+        );
         let sent = sent_body(&mock);
-        let want = if r.json()["model"] == "gpt-4" { 50 } else { 100 };
+        let want = if r.json()["model"] == "gpt-4" {
+            50
+        } else {
+            100
+        };
         assert_eq!(sent["max_tokens"], want);
     }
 
@@ -164,7 +217,10 @@ fn seed_003_load_balancing_priority_max_tokens_embeddings() {
         })
         .collect();
     assert!(paths.contains(&"/v1/embeddings".to_string()), "{paths:?}");
-    assert!(paths.iter().any(|p| p.starts_with("/openai/deployments/")), "{paths:?}");
+    assert!(
+        paths.iter().any(|p| p.starts_with("/openai/deployments/")),
+        "{paths:?}"
+    );
 }
 
 #[test]
@@ -180,7 +236,10 @@ fn seed_003_health_checks() {
         if m == vec!["model-1"; 4] {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "instance 2 still serving: {m:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "instance 2 still serving: {m:?}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }

@@ -36,9 +36,18 @@ fn exact_uri_beats_prefix_and_longer_prefix_beats_shorter() {
         ai_route("exact", "    uri: /v1/chat/completions", &mock, "exact"),
     ];
     let gw = Gateway::start(&format!("routes:{}", routes.concat()));
-    assert_eq!(served_by(&gw.chat("/v1/chat/completions", &chat_body("hi"))), "exact");
-    assert_eq!(served_by(&gw.chat("/v1/chat/other", &chat_body("hi"))), "long");
-    assert_eq!(served_by(&gw.chat("/v1/embeddings", &chat_body("hi"))), "short");
+    assert_eq!(
+        served_by(&gw.chat("/v1/chat/completions", &chat_body("hi"))),
+        "exact"
+    );
+    assert_eq!(
+        served_by(&gw.chat("/v1/chat/other", &chat_body("hi"))),
+        "long"
+    );
+    assert_eq!(
+        served_by(&gw.chat("/v1/embeddings", &chat_body("hi"))),
+        "short"
+    );
     // `/v1/*` is a prefix of paths under /v1/, not /v1 itself.
     gw.chat("/v1", &chat_body("hi")).openai_error(404);
 }
@@ -58,15 +67,29 @@ fn priority_breaks_ties_between_the_same_uri() {
 fn methods_and_hosts_must_match_else_404() {
     let mock = Mock::start("r3");
     let routes = [
-        ai_route("get-only", "    uri: /get-only\n    methods: [GET]", &mock, "g"),
-        ai_route("hosted", "    uri: /hosted\n    hosts: [api.example.com, \"*.corp.example\"]", &mock, "h"),
+        ai_route(
+            "get-only",
+            "    uri: /get-only\n    methods: [GET]",
+            &mock,
+            "g",
+        ),
+        ai_route(
+            "hosted",
+            "    uri: /hosted\n    hosts: [api.example.com, \"*.corp.example\"]",
+            &mock,
+            "h",
+        ),
     ];
     let gw = Gateway::start(&format!("routes:{}", routes.concat()));
     let e = gw.chat("/get-only", &chat_body("hi")).openai_error(404);
     assert_eq!(e["code"], "route_not_found");
     // Host check (the harness sends Host: 127.0.0.1 unless told otherwise).
     gw.chat("/hosted", &chat_body("hi")).openai_error(404);
-    let ok = gw.chat_with("/hosted", &[("Host", "api.example.com:9080")], &chat_body("hi"));
+    let ok = gw.chat_with(
+        "/hosted",
+        &[("Host", "api.example.com:9080")],
+        &chat_body("hi"),
+    );
     assert_eq!(served_by(&ok), "h");
     let ok = gw.chat_with("/hosted", &[("Host", "llm.corp.example")], &chat_body("hi"));
     assert_eq!(served_by(&ok), "h");
@@ -84,15 +107,27 @@ fn vars_route_on_the_model_in_the_json_body() {
     ];
     let gw = Gateway::start(&format!("routes:{}", routes.concat()));
     let body = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "hi"}]});
-    assert_eq!(served_by(&gw.chat("/v1/chat/completions", &body("gpt-4"))), "gpt-4");
-    assert_eq!(served_by(&gw.chat("/v1/chat/completions", &body("deepseek-chat"))), "deepseek-chat");
+    assert_eq!(
+        served_by(&gw.chat("/v1/chat/completions", &body("gpt-4"))),
+        "gpt-4"
+    );
+    assert_eq!(
+        served_by(&gw.chat("/v1/chat/completions", &body("deepseek-chat"))),
+        "deepseek-chat"
+    );
     assert_eq!(deepseek.llm_requests().len(), 1);
-    gw.chat("/v1/chat/completions", &body("llama")).openai_error(404);
+    gw.chat("/v1/chat/completions", &body("llama"))
+        .openai_error(404);
     let team = json!({"model": "x", "metadata": {"tier": 3}, "messages": []});
-    assert_eq!(served_by(&gw.chat_with("/v1/chat/completions", &[("X-Team", "b")], &team)), "team-model");
-    gw.chat_with("/v1/chat/completions", &[("X-Team", "c")], &team).openai_error(404);
+    assert_eq!(
+        served_by(&gw.chat_with("/v1/chat/completions", &[("X-Team", "b")], &team)),
+        "team-model"
+    );
+    gw.chat_with("/v1/chat/completions", &[("X-Team", "c")], &team)
+        .openai_error(404);
     // The body used for matching is the body sent upstream, in full.
-    let sent: serde_json::Value = serde_json::from_str(openai.last()["body"].as_str().unwrap()).unwrap();
+    let sent: serde_json::Value =
+        serde_json::from_str(openai.last()["body"].as_str().unwrap()).unwrap();
     assert_eq!(sent["metadata"]["tier"], 3);
 }
 
@@ -127,7 +162,13 @@ routes:
 "#,
         echo.port
     ));
-    let r = request(gw.port, "GET", "/anything/x?a=1", &[("X-Custom", "yes")], b"");
+    let r = request(
+        gw.port,
+        "GET",
+        "/anything/x?a=1",
+        &[("X-Custom", "yes")],
+        b"",
+    );
     assert_eq!(r.status, 200);
     let v = r.json();
     assert_eq!(v["method"], "GET");
@@ -135,7 +176,11 @@ routes:
     assert_eq!(v["headers"]["x-custom"], "yes");
     assert!(r.header("x-request-id").is_some());
     // Not JSON, not an LLM call: streamed through untouched.
-    let r = gw.post("/anything/upload", &[("content-type", "text/plain")], b"plain text body");
+    let r = gw.post(
+        "/anything/upload",
+        &[("content-type", "text/plain")],
+        b"plain text body",
+    );
     assert_eq!(r.json()["data"], "plain text body");
     let lines = gw.log_lines(2);
     assert!(lines[1].contains(" traditional_http "), "{}", lines[1]);
@@ -160,5 +205,6 @@ routes:
     let r = gw.chat("/anything", &body);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["json"], body);
-    gw.chat("/anything", &json!({"kind": "other"})).openai_error(404);
+    gw.chat("/anything", &json!({"kind": "other"}))
+        .openai_error(404);
 }

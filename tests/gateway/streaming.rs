@@ -23,7 +23,8 @@ routes:
 }
 
 fn stream_body(include_usage: Option<bool>) -> serde_json::Value {
-    let mut b = json!({"messages": [{"role": "user", "content": "tell me a story"}], "stream": true});
+    let mut b =
+        json!({"messages": [{"role": "user", "content": "tell me a story"}], "stream": true});
     if let Some(u) = include_usage {
         b["stream_options"] = json!({"include_usage": u});
     }
@@ -43,20 +44,32 @@ fn gateway_asks_for_usage_and_hides_the_usage_event_the_client_did_not_ask_for()
     let gw = Gateway::start(&route(&mock));
     let r = gw.chat("/v1/chat/completions", &stream_body(None));
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
     let data = r.sse_data();
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
     for d in &data[..data.len() - 1] {
         let v: serde_json::Value = serde_json::from_str(d).unwrap();
-        assert!(!v["choices"].as_array().unwrap().is_empty(), "usage-only event leaked: {d}");
+        assert!(
+            !v["choices"].as_array().unwrap().is_empty(),
+            "usage-only event leaked: {d}"
+        );
     }
     // The provider was asked for usage...
-    let sent: serde_json::Value = serde_json::from_str(mock.last()["body"].as_str().unwrap()).unwrap();
+    let sent: serde_json::Value =
+        serde_json::from_str(mock.last()["body"].as_str().unwrap()).unwrap();
     assert_eq!(sent["stream_options"]["include_usage"], true);
     assert_eq!(sent["model"], "stream-model");
     // ...and the tokens were counted: prompt = 4 words, completion = 3 pieces.
     let lines = gw.log_lines(1);
-    assert_eq!(logged_tokens(&lines[0]), ("4".into(), "3".into(), "7".into()), "{}", lines[0]);
+    assert_eq!(
+        logged_tokens(&lines[0]),
+        ("4".into(), "3".into(), "7".into()),
+        "{}",
+        lines[0]
+    );
     assert!(lines[0].contains(" ai_stream "), "{}", lines[0]);
 }
 
@@ -83,7 +96,12 @@ fn tokens_are_counted_across_every_sse_edge_case() {
         &[("x-mock-comments", "true")],
         &[("x-mock-coalesce", "true")],
         &[("x-mock-usage", "inline")],
-        &[("x-mock-chunks", "40"), ("x-mock-split", "true"), ("x-mock-crlf", "true"), ("x-mock-comments", "true")],
+        &[
+            ("x-mock-chunks", "40"),
+            ("x-mock-split", "true"),
+            ("x-mock-crlf", "true"),
+            ("x-mock-comments", "true"),
+        ],
     ];
     for (i, headers) in cases.iter().enumerate() {
         let r = gw.chat_with("/v1/chat/completions", headers, &stream_body(None));
@@ -93,13 +111,22 @@ fn tokens_are_counted_across_every_sse_edge_case() {
         let content: String = data[..data.len() - 1]
             .iter()
             .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-            .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_string)
+            })
             .collect();
         assert!(content.starts_with("Hello from s3"), "case {i}: {content}");
         let lines = gw.log_lines(i + 1);
         let completion = if i == 5 { "40" } else { "3" };
         let (p, c, _) = logged_tokens(&lines[i]);
-        assert_eq!((p.as_str(), c.as_str()), ("4", completion), "case {i}: {}", lines[i]);
+        assert_eq!(
+            (p.as_str(), c.as_str()),
+            ("4", completion),
+            "case {i}: {}",
+            lines[i]
+        );
     }
 }
 
@@ -118,7 +145,12 @@ fn without_usage_from_the_provider_tokens_are_estimated() {
     assert_eq!(r.status, 200);
     let lines = gw.log_lines(1);
     let p = estimated_prompt(&body);
-    assert_eq!(logged_tokens(&lines[0]), (p.to_string(), "3".into(), (p + 3).to_string()), "{}", lines[0]);
+    assert_eq!(
+        logged_tokens(&lines[0]),
+        (p.to_string(), "3".into(), (p + 3).to_string()),
+        "{}",
+        lines[0]
+    );
 }
 
 #[test]
@@ -150,11 +182,18 @@ fn a_client_that_hangs_up_mid_stream_is_still_charged_and_the_provider_is_cut_of
     let (p, c, _) = logged_tokens(&lines[0]);
     assert_eq!(p, estimated_prompt(&body).to_string(), "{}", lines[0]);
     let c: u64 = c.parse().unwrap();
-    assert!((3..30).contains(&c), "completion estimate {c}: {}", lines[0]);
+    assert!(
+        (3..30).contains(&c),
+        "completion estimate {c}: {}",
+        lines[0]
+    );
     // The gateway stopped reading the provider: it did not send its 30 pieces.
     std::thread::sleep(std::time::Duration::from_millis(600));
     let sent = mock.last()["events_sent_at_ms"].as_array().unwrap().len();
-    assert!(sent < 25, "the provider kept streaming to nobody: {sent} events");
+    assert!(
+        sent < 25,
+        "the provider kept streaming to nobody: {sent} events"
+    );
 }
 
 #[test]
@@ -174,14 +213,31 @@ fn events_reach_the_client_while_the_provider_is_still_generating() {
         .map(|(t, _)| *t)
         .expect("no event received");
     let sent = mock.last();
-    let sent_times: Vec<u64> = sent["events_sent_at_ms"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+    let sent_times: Vec<u64> = sent["events_sent_at_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
     let last_sent = *sent_times.last().unwrap();
     assert!(sent_times.len() >= 8, "{sent_times:?}");
     // The first event arrived before the provider even wrote its last one (~1 s later).
-    assert!(first_event_at + 500 < last_sent, "first event at {first_event_at}, provider's last event at {last_sent}");
+    assert!(
+        first_event_at + 500 < last_sent,
+        "first event at {first_event_at}, provider's last event at {last_sent}"
+    );
     // And the client saw events spread over time, not in one burst at the end.
-    let event_reads: Vec<u64> = r.reads.iter().filter(|(_, b)| String::from_utf8_lossy(b).contains("data:")).map(|(t, _)| *t).collect();
-    assert!(event_reads.len() >= 5, "events arrived in {} reads", event_reads.len());
+    let event_reads: Vec<u64> = r
+        .reads
+        .iter()
+        .filter(|(_, b)| String::from_utf8_lossy(b).contains("data:"))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        event_reads.len() >= 5,
+        "events arrived in {} reads",
+        event_reads.len()
+    );
 }
 
 #[test]
