@@ -19,7 +19,7 @@ pub struct Prepared {
     pub listen: Vec<SocketAddr>,
     pub snapshot: Snapshot,
     pub access_log_path: String,
-    pub access_log_format: Option<String>,
+    pub access_log_format: Format,
     pub max_body_size: u64,
 }
 
@@ -67,8 +67,9 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
             "must be greater than 0",
         ));
     }
-    Format::parse(gw.access_log.format.as_deref().unwrap_or(DEFAULT_FORMAT))
-        .map_err(|m| ConfigError::new("gateway.access_log.format", m))?;
+    let access_log_format =
+        Format::parse(gw.access_log.format.as_deref().unwrap_or(DEFAULT_FORMAT))
+            .map_err(|m| ConfigError::new("gateway.access_log.format", m))?;
     if let Some(admin) = &gw.admin {
         if let Some(l) = &admin.listen {
             l.parse::<SocketAddr>().map_err(|_| {
@@ -85,7 +86,7 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
         listen,
         snapshot,
         access_log_path: gw.access_log.path.clone(),
-        access_log_format: gw.access_log.format.clone(),
+        access_log_format,
         max_body_size: gw.max_body_size,
     })
 }
@@ -93,11 +94,8 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
 /// Start serving; returns only when the server shuts down.
 pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String> {
     let access_log = Arc::new(
-        AccessLog::new(
-            &prepared.access_log_path,
-            prepared.access_log_format.as_deref(),
-        )
-        .map_err(|m| format!("gateway.access_log: {m}"))?,
+        AccessLog::new(&prepared.access_log_path, prepared.access_log_format)
+            .map_err(|m| format!("gateway.access_log: {m}"))?,
     );
     let pid_file = prepared.server_conf.pid_file.clone();
     let opt = Opt {

@@ -27,6 +27,8 @@ pub enum Algorithm {
 }
 
 struct Tier {
+    /// Tiers are already ordered by it; kept so tests can check the order.
+    #[cfg_attr(not(test), allow(dead_code))]
     priority: i64,
     /// Member indices of this tier, in config order.
     members: Vec<usize>,
@@ -38,7 +40,6 @@ struct Tier {
 
 pub struct TieredBalancer {
     tiers: Vec<Tier>,
-    algorithm: Algorithm,
 }
 
 /// A stable ring position for a member: ketama places nodes by address, so each member gets a
@@ -95,15 +96,12 @@ impl TieredBalancer {
                 }
             })
             .collect();
-        TieredBalancer { tiers, algorithm }
-    }
-
-    pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
+        TieredBalancer { tiers }
     }
 
     /// Priorities, highest first.
-    pub fn priorities(&self) -> Vec<i64> {
+    #[cfg(test)]
+    fn priorities(&self) -> Vec<i64> {
         self.tiers.iter().map(|t| t.priority).collect()
     }
 

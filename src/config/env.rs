@@ -4,7 +4,7 @@
 //! part of a URL. Full-line comments are left alone so documenting a variable in a comment never
 //! makes it mandatory. `$${` escapes a literal `${`.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 /// The substituted text plus every value that came from the environment, so error messages can
 /// redact them (an API key put in the wrong field must not be echoed back by a parse error).
@@ -19,7 +19,7 @@ pub fn substitute(
 ) -> Result<Substituted, String> {
     let mut out = String::with_capacity(input.len());
     let mut secrets = Vec::new();
-    let mut cache: HashMap<String, ()> = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::new();
     for (lineno, line) in input.split_inclusive('\n').enumerate() {
         if line.trim_start().starts_with('#') {
             out.push_str(line);
@@ -55,7 +55,7 @@ pub fn substitute(
             }
             match (lookup(name), default) {
                 (Some(v), _) => {
-                    if v.len() >= 4 && cache.insert(v.clone(), ()).is_none() {
+                    if v.len() >= 4 && seen.insert(v.clone()) {
                         secrets.push(v.clone());
                     }
                     out.push_str(&v);

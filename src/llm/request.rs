@@ -148,12 +148,6 @@ impl LlmRequest {
         self.has("input") && !self.has("messages")
     }
 
-    pub fn max_tokens(&self) -> Option<u64> {
-        ["max_completion_tokens", "max_tokens"]
-            .iter()
-            .find_map(|k| self.raw(k).and_then(|v| v.trim().parse::<u64>().ok()))
-    }
-
     fn client_asked_usage(&self) -> bool {
         self.raw("stream_options")
             .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())

@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 const TTL: Duration = Duration::from_secs(30);
 
 struct Entry {
-    addrs: Vec<SocketAddr>,
+    ips: Vec<IpAddr>,
     expires: Instant,
     next: AtomicUsize,
 }
 
-type Cache = RwLock<HashMap<(String, u16), Arc<Entry>>>;
+/// Keyed by host name alone (the port is applied on each pick), so a cache hit looks the name up
+/// borrowed and allocates nothing.
+type Cache = RwLock<HashMap<String, Arc<Entry>>>;
 
 fn cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
@@ -29,34 +31,34 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    let key = (host.to_string(), port);
-    if let Some(e) = cache().read().ok().and_then(|c| c.get(&key).cloned()) {
+    if let Some(e) = cache().read().ok().and_then(|c| c.get(host).cloned()) {
         if e.expires > Instant::now() {
-            return Ok(pick(&e));
+            return Ok(SocketAddr::new(pick(&e), port));
         }
     }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+    let ips: Vec<IpAddr> = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .map(|a| a.ip())
         .collect();
-    if addrs.is_empty() {
+    if ips.is_empty() {
         return Err(format!("cannot resolve {host}: no addresses"));
     }
     let entry = Arc::new(Entry {
-        addrs,
+        ips,
         expires: Instant::now() + TTL,
         next: AtomicUsize::new(0),
     });
-    let addr = pick(&entry);
+    let ip = pick(&entry);
     if let Ok(mut c) = cache().write() {
-        c.insert(key, entry);
+        c.insert(host.to_string(), entry);
     }
-    Ok(addr)
+    Ok(SocketAddr::new(ip, port))
 }
 
-fn pick(e: &Entry) -> SocketAddr {
+fn pick(e: &Entry) -> IpAddr {
     let i = e.next.fetch_add(1, Ordering::Relaxed);
-    e.addrs[i % e.addrs.len()]
+    e.ips[i % e.ips.len()]
 }
 
 #[cfg(test)]

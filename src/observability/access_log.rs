@@ -265,8 +265,7 @@ const QUEUE: usize = 65_536;
 impl AccessLog {
     /// `path`: a file, `-` (stdout) or `off`. Opening the file is checked here, so an unwritable
     /// log path is a startup error rather than silently lost logs.
-    pub fn new(path: &str, format: Option<&str>) -> Result<AccessLog, String> {
-        let format = Format::parse(format.unwrap_or(DEFAULT_FORMAT))?;
+    pub fn new(path: &str, format: Format) -> Result<AccessLog, String> {
         let target = match path {
             "off" | "" => None,
             "-" => Some(Target::Stdout),
@@ -315,10 +314,6 @@ impl AccessLog {
             }
             Err(TrySendError::Disconnected(_)) => {}
         }
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Write everything still queued and stop the writer. Called once the server has stopped

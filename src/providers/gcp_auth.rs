@@ -83,7 +83,7 @@ impl GcpTokenSource {
         let sa: ServiceAccount = serde_json::from_str(&json).map_err(|e| {
             format!(
                 "service_account_json is not a service account key file: {}",
-                e.classify_msg()
+                key_file_error(&e)
             )
         })?;
         let token_uri = sa
@@ -208,20 +208,10 @@ impl GcpTokenSource {
     }
 }
 
-trait ClassifyMsg {
-    fn classify_msg(&self) -> String;
-}
-
-impl ClassifyMsg for serde_json::Error {
-    /// serde's messages can quote the input; for a key file that input is the private key.
-    fn classify_msg(&self) -> String {
-        match self.classify() {
-            serde_json::error::Category::Data => "missing client_email or private_key".into(),
-            _ => format!(
-                "invalid JSON at line {} column {}",
-                self.line(),
-                self.column()
-            ),
-        }
+/// serde's messages can quote the input; for a key file that input is the private key.
+fn key_file_error(e: &serde_json::Error) -> String {
+    match e.classify() {
+        serde_json::error::Category::Data => "missing client_email or private_key".into(),
+        _ => format!("invalid JSON at line {} column {}", e.line(), e.column()),
     }
 }

@@ -121,6 +121,8 @@ pub struct RequestCtx {
     pub replay_body: Option<Bytes>,
     pub replay: ReplayToken,
     pub upstream_addr: Option<SocketAddr>,
+    /// Plain upstreams: the node chosen for this attempt (for `pass_host: node`).
+    pub upstream_node: Option<usize>,
     pub upstream_status: Option<u16>,
     pub upstream_started: Option<Instant>,
     pub upstream_header_at: Option<Instant>,
@@ -146,6 +148,7 @@ impl RequestCtx {
             replay_body: None,
             replay: ReplayToken::default(),
             upstream_addr: None,
+            upstream_node: None,
             upstream_status: None,
             upstream_started: None,
             upstream_header_at: None,

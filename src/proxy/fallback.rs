@@ -17,9 +17,8 @@ use crate::balancer::health::Outcome;
 /// `upstream_response_filter`: `Some(error)` to try the next instance instead of answering.
 pub fn on_status(status: u16, ctx: &mut RequestCtx) -> Option<Box<Error>> {
     let elapsed = ctx.started.elapsed();
-    let request_id = ctx.request_id.clone();
-    let llm = ctx.llm.as_mut()?;
-    let m = llm.multi()?.clone();
+    let llm = ctx.llm.as_deref()?;
+    let m = llm.multi()?;
     let idx = llm.instance_idx?;
     m.record(idx, Outcome::Status(status));
     if !m.falls_back_on(status) || !m.may_retry(llm.attempts, elapsed, &llm.tried) {
@@ -29,7 +28,7 @@ pub fn on_status(status: u16, ctx: &mut RequestCtx) -> Option<Box<Error>> {
         "instance {} answered {status}, falling back",
         m.instances[idx].llm.name
     );
-    log::info!("{msg} (request {request_id})");
+    log::info!("{msg} (request {})", ctx.request_id);
     let mut e = Error::explain(ErrorType::HTTPStatus(status), msg);
     e.set_retry(true);
     Some(e)

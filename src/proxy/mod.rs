@@ -36,6 +36,14 @@ pub struct Gateway {
     pub max_body_size: u64,
 }
 
+/// Keep the gateway's own error for `fail_to_proxy` (it answers with its type and code) and
+/// hand Pingora the status-carrying error it needs.
+fn remember(ctx: &mut RequestCtx, e: errors::GatewayError) -> Box<Error> {
+    let pe = e.to_pingora();
+    ctx.error = Some(e);
+    pe
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -90,11 +98,9 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        outbound::select_peer(ctx).await.map_err(|e| {
-            let pe = e.to_pingora();
-            ctx.error = Some(e);
-            pe
-        })
+        outbound::select_peer(ctx)
+            .await
+            .map_err(|e| remember(ctx, e))
     }
 
     async fn upstream_request_filter(
@@ -105,11 +111,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         outbound::shape_request(session, upstream_request, ctx)
             .await
-            .map_err(|e| {
-                let pe = e.to_pingora();
-                ctx.error = Some(e);
-                pe
-            })
+            .map_err(|e| remember(ctx, e))
     }
 
     async fn request_body_filter(

@@ -75,25 +75,25 @@ pub fn prepare_attempt(llm: &mut LlmCall) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// The instance's auth headers, plus a fresh GCP access token when it uses a service account.
-async fn auth_headers(llm: &LlmCall) -> Result<Vec<(HeaderName, HeaderValue)>, GatewayError> {
+/// A fresh GCP access token header when the instance authenticates with a service account
+/// (its static auth headers are sent straight from the instance).
+async fn gcp_header(llm: &LlmCall) -> Result<Option<HeaderValue>, GatewayError> {
     let inst = &llm.instance;
-    let mut headers = inst.auth_headers.clone();
-    if let Some(gcp) = &inst.gcp {
-        let token = gcp.token().await.map_err(|m| {
-            log::warn!("instance {}: {m}", inst.name);
-            GatewayError::bad_gateway(
-                "upstream_auth_error",
-                "could not obtain a GCP access token for the provider",
-            )
-        })?;
-        let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-            GatewayError::bad_gateway("upstream_auth_error", "invalid GCP access token")
-        })?;
-        v.set_sensitive(true);
-        headers.push((http::header::AUTHORIZATION, v));
-    }
-    Ok(headers)
+    let Some(gcp) = &inst.gcp else {
+        return Ok(None);
+    };
+    let token = gcp.token().await.map_err(|m| {
+        log::warn!("instance {}: {m}", inst.name);
+        GatewayError::bad_gateway(
+            "upstream_auth_error",
+            "could not obtain a GCP access token for the provider",
+        )
+    })?;
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        GatewayError::bad_gateway("upstream_auth_error", "invalid GCP access token")
+    })?;
+    v.set_sensitive(true);
+    Ok(Some(v))
 }
 
 /// `upstream_peer`: where this attempt goes.
@@ -121,7 +121,9 @@ pub async fn select_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayE
             .upstream
             .as_ref()
             .ok_or_else(|| GatewayError::internal("route has no upstream"))?;
-        let node = up.pick();
+        let idx = up.pick();
+        ctx.upstream_node = Some(idx);
+        let node = &up.nodes[idx];
         let addr = resolve(&node.host, node.port)
             .await
             .map_err(|m| GatewayError::bad_gateway("upstream_unreachable", m))?;
@@ -174,8 +176,11 @@ pub async fn shape_request(
             HeaderValue::from_str(&target.endpoint.authority())
                 .map_err(|_| GatewayError::internal("bad host"))?,
         )?;
-        for (k, v) in auth_headers(llm).await? {
-            set(req, k, v)?;
+        for (k, v) in &inst.auth_headers {
+            set(req, k.clone(), v.clone())?;
+        }
+        if let Some(v) = gcp_header(llm).await? {
+            set(req, http::header::AUTHORIZATION, v)?;
         }
         set(
             req,
@@ -206,12 +211,7 @@ pub async fn shape_request(
         match &up.pass_host {
             PassHost::Pass => {}
             PassHost::Node => {
-                let addr = ctx.upstream_addr;
-                let node = up
-                    .nodes
-                    .iter()
-                    .find(|n| addr.is_some_and(|a| a.port() == n.port))
-                    .unwrap_or(&up.nodes[0]);
+                let node = &up.nodes[ctx.upstream_node.unwrap_or(0)];
                 let host = if node.port == 80 || node.port == 443 {
                     node.host.clone()
                 } else {
@@ -297,7 +297,10 @@ pub async fn passthrough_call(
     prepare_attempt(llm)?;
     let target = llm.target.as_ref().expect("set by prepare_attempt");
     let inst = llm.instance.clone();
-    let mut headers = auth_headers(llm).await?;
+    let mut headers = inst.auth_headers.clone();
+    if let Some(v) = gcp_header(llm).await? {
+        headers.push((http::header::AUTHORIZATION, v));
+    }
     headers.push((
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

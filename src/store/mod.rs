@@ -51,14 +51,6 @@ impl Snapshot {
         out
     }
 
-    pub fn empty() -> Snapshot {
-        Snapshot {
-            routes: Vec::new(),
-            router: Router::new(Vec::new()).expect("empty router"),
-            probes: Vec::new(),
-        }
-    }
-
     pub fn build(file: &FileConfig) -> Result<Snapshot, ConfigError> {
         let mut services: HashMap<String, (usize, &ServiceConf, RoutePlugins)> = HashMap::new();
         for (i, s) in file.services.iter().enumerate() {
@@ -256,9 +248,5 @@ impl Store {
 
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
-    }
-
-    pub fn swap(&self, s: Snapshot) {
-        self.current.store(Arc::new(s));
     }
 }

@@ -123,8 +123,9 @@ impl Upstream {
         })
     }
 
-    pub fn pick(&self) -> &Node {
-        &self.nodes[self.balancer.next().unwrap_or(0)]
+    /// The index of the node for the next request.
+    pub fn pick(&self) -> usize {
+        self.balancer.next().unwrap_or(0)
     }
 }
 

@@ -7,20 +7,7 @@ use serde_json::json;
 use crate::harness::*;
 
 fn route(mock: &Mock, max_body: Option<u64>) -> (String, String) {
-    let routes = format!(
-        r#"
-routes:
-  - id: chat
-    uri: /v1/chat/completions
-    plugins:
-      ai-proxy:
-        provider: openai-compatible
-        auth: {{ header: {{ Authorization: "Bearer k" }} }}
-        options: {{ model: big-model }}
-        override: {{ endpoint: "{}" }}
-"#,
-        mock.chat_url()
-    );
+    let routes = chat_route(&mock.chat_url(), "k", &["options: { model: big-model }"]);
     let extra = max_body
         .map(|m| format!("  max_body_size: {m}\n"))
         .unwrap_or_default();

@@ -6,19 +6,7 @@ use std::time::{Duration, Instant};
 use crate::harness::*;
 
 fn route(endpoint: &str, timeout_ms: u64) -> String {
-    format!(
-        r#"
-routes:
-  - id: chat
-    uri: /v1/chat/completions
-    plugins:
-      ai-proxy:
-        provider: openai-compatible
-        auth: {{ header: {{ Authorization: "Bearer k" }} }}
-        override: {{ endpoint: "{endpoint}" }}
-        timeout: {timeout_ms}
-"#
-    )
+    chat_route(endpoint, "k", &[&format!("timeout: {timeout_ms}")])
 }
 
 #[test]

@@ -543,6 +543,21 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], bo
     Conn::open(port).request(method, path, headers, body)
 }
 
+/// `routes:` with one ai-proxy route `chat` on `/v1/chat/completions` to an OpenAI-compatible
+/// `endpoint`, authenticated with `Bearer <key>`; `plugin_extra` adds plugin fields, one a line
+/// (e.g. `"options: { model: m }"`).
+pub fn chat_route(endpoint: &str, key: &str, plugin_extra: &[&str]) -> String {
+    let mut s = format!(
+        "routes:\n  - id: chat\n    uri: /v1/chat/completions\n    plugins:\n      ai-proxy:\n        provider: openai-compatible\n        auth: {{ header: {{ Authorization: \"Bearer {key}\" }} }}\n        override: {{ endpoint: \"{endpoint}\" }}\n"
+    );
+    for line in plugin_extra {
+        s.push_str("        ");
+        s.push_str(line);
+        s.push('\n');
+    }
+    s
+}
+
 /// A chat body with one user message.
 pub fn chat_body(text: &str) -> Value {
     serde_json::json!({"messages": [{"role": "user", "content": text}]})

@@ -6,19 +6,10 @@ use serde_json::json;
 use crate::harness::*;
 
 fn route(mock: &Mock) -> String {
-    format!(
-        r#"
-routes:
-  - id: chat
-    uri: /v1/chat/completions
-    plugins:
-      ai-proxy:
-        provider: openai-compatible
-        auth: {{ header: {{ Authorization: "Bearer sk-upstream" }} }}
-        options: {{ model: stream-model }}
-        override: {{ endpoint: "{}" }}
-"#,
-        mock.chat_url()
+    chat_route(
+        &mock.chat_url(),
+        "sk-upstream",
+        &["options: { model: stream-model }"],
     )
 }
 
