@@ -2,13 +2,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 
 use crate::balancer::health::HealthCheckService;
-use crate::config::{self, ConfigError};
+use crate::config::{self, seconds, ConfigError};
+use crate::downstream::{self, fdlimit, ClientLimits, Downstream};
+use crate::net::dns::DnsSettings;
 use crate::observability::access_log::{AccessLog, AccessLogService, Format, DEFAULT_FORMAT};
 use crate::proxy::Gateway;
 use crate::store::{Snapshot, Store};
@@ -21,7 +24,14 @@ pub struct Prepared {
     pub access_log_path: String,
     pub access_log_format: Format,
     pub max_body_size: u64,
+    pub limits: ClientLimits,
+    /// `gateway.max_connections` as configured (`None`: derived from the fd limit at start).
+    pub max_connections: Option<u64>,
+    pub dns: DnsSettings,
 }
+
+/// Longest accepted client-side timeout: a day. Beyond that a "timeout" is no bound at all.
+const MAX_CLIENT_SECS: f64 = 86_400.0;
 
 /// Load and fully validate a config file. Nothing is opened or written.
 pub fn prepare(path: &str) -> Result<Prepared, ConfigError> {
@@ -80,6 +90,8 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
             })?;
         }
     }
+    let limits = client_limits(gw)?;
+    let dns = dns_settings(&gw.dns)?;
     let snapshot = Snapshot::build(&loaded.file)?;
     Ok(Prepared {
         server_conf: loaded.server,
@@ -88,6 +100,146 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
         access_log_path: gw.access_log.path.clone(),
         access_log_format,
         max_body_size: gw.max_body_size,
+        limits,
+        max_connections: gw.max_connections,
+        dns,
+    })
+}
+
+fn client_limits(gw: &config::schema::GatewayConf) -> Result<ClientLimits, ConfigError> {
+    let secs = |v, field: &str, default| {
+        seconds(
+            v,
+            &format!("gateway.{field}"),
+            default,
+            0.0,
+            MAX_CLIENT_SECS,
+        )
+        .and_then(|d| positive(d, field))
+    };
+    let max_header_size = gw
+        .max_header_size
+        .unwrap_or(downstream::DEFAULT_MAX_HEADER_SIZE as u64);
+    // Pingora refuses headers of 1 MiB and more itself.
+    if !(1024..1024 * 1024).contains(&max_header_size) {
+        return Err(ConfigError::new(
+            "gateway.max_header_size",
+            format!("must be between 1024 and 1048575 bytes, not {max_header_size}"),
+        ));
+    }
+    if gw.max_connections == Some(0) {
+        return Err(ConfigError::new(
+            "gateway.max_connections",
+            "must be at least 1",
+        ));
+    }
+    Ok(ClientLimits {
+        header_timeout: secs(
+            gw.client_header_timeout,
+            "client_header_timeout",
+            downstream::DEFAULT_HEADER_TIMEOUT,
+        )?,
+        body_timeout: secs(
+            gw.client_body_timeout,
+            "client_body_timeout",
+            downstream::DEFAULT_BODY_TIMEOUT,
+        )?,
+        body_total_timeout: secs(
+            gw.client_body_total_timeout,
+            "client_body_total_timeout",
+            downstream::DEFAULT_BODY_TOTAL_TIMEOUT,
+        )?,
+        keepalive_timeout: secs(
+            gw.keepalive_timeout,
+            "keepalive_timeout",
+            downstream::DEFAULT_KEEPALIVE_TIMEOUT,
+        )?,
+        send_timeout: secs(
+            gw.send_timeout,
+            "send_timeout",
+            downstream::DEFAULT_SEND_TIMEOUT,
+        )?,
+        max_header_size: max_header_size as usize,
+        // Settled at start, from the file-descriptor limit the process really has.
+        max_connections: gw.max_connections.unwrap_or(u64::MAX) as usize,
+    })
+}
+
+fn positive(d: Duration, field: &str) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(ConfigError::new(
+            format!("gateway.{field}"),
+            "must be greater than 0",
+        ))
+    } else {
+        Ok(d)
+    }
+}
+
+fn dns_settings(c: &config::schema::DnsConf) -> Result<DnsSettings, ConfigError> {
+    let d = DnsSettings::default();
+    let nameservers = match &c.nameservers {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::new(
+                "gateway.dns.nameservers",
+                "must not be empty (leave it out to use /etc/resolv.conf)",
+            ))
+        }
+        Some(list) => Some(
+            list.iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    s.parse::<SocketAddr>()
+                        .or_else(|_| {
+                            s.parse::<std::net::IpAddr>()
+                                .map(|ip| SocketAddr::new(ip, 53))
+                        })
+                        .map_err(|_| {
+                            ConfigError::new(
+                                format!("gateway.dns.nameservers[{i}]"),
+                                format!("{s:?} is not an ip or ip:port address"),
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let timeout = seconds(c.timeout, "gateway.dns.timeout", d.timeout, 0.0, 60.0)
+        .and_then(|t| positive(t, "dns.timeout"))?;
+    let min_ttl = seconds(
+        c.min_ttl,
+        "gateway.dns.min_ttl",
+        d.min_ttl,
+        0.0,
+        MAX_CLIENT_SECS,
+    )?;
+    let max_ttl = seconds(
+        c.max_ttl,
+        "gateway.dns.max_ttl",
+        d.max_ttl,
+        0.0,
+        MAX_CLIENT_SECS,
+    )?;
+    if max_ttl < min_ttl {
+        return Err(ConfigError::new(
+            "gateway.dns.max_ttl",
+            "must not be less than gateway.dns.min_ttl",
+        ));
+    }
+    let error_ttl = seconds(
+        c.error_ttl,
+        "gateway.dns.error_ttl",
+        d.error_ttl,
+        0.0,
+        3600.0,
+    )?;
+    Ok(DnsSettings {
+        nameservers,
+        timeout,
+        min_ttl,
+        max_ttl,
+        error_ttl,
     })
 }
 
@@ -105,6 +257,21 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
         test: false,
         conf: None,
     };
+    crate::net::dns::configure(prepared.dns.clone());
+    let fd_limit = fdlimit::raise();
+    let mut limits = prepared.limits.clone();
+    limits.max_connections = match prepared.max_connections {
+        Some(n) => {
+            if !fdlimit::fits(n, fd_limit) {
+                log::warn!(
+                    "gateway.max_connections {n} may not fit the file-descriptor limit {fd_limit} \
+                     (each client connection can hold an upstream one too)"
+                );
+            }
+            n
+        }
+        None => fdlimit::default_max_connections(fd_limit),
+    } as usize;
     let mut server = Server::new_with_opt_and_conf(opt, prepared.server_conf);
     server.bootstrap();
 
@@ -113,11 +280,13 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
         store: store.clone(),
         access_log: access_log.clone(),
         max_body_size: prepared.max_body_size,
+        body_total_timeout: limits.body_total_timeout,
     };
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "aigate data plane",
+    // The proxy runs inside `Downstream`, which enforces the client-side limits around it.
+    let proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
+    let mut proxy = pingora_core::services::listening::Service::new(
+        "aigate data plane".to_string(),
+        Downstream::new(proxy, limits.clone()),
     );
     for addr in &prepared.listen {
         proxy.add_tcp(&addr.to_string());
@@ -143,6 +312,12 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
     for addr in &prepared.listen {
         log::info!("aigate listening on {addr}");
     }
+    log::info!(
+        "client limits: max_connections {}, header {:?}, keep-alive {:?}",
+        limits.max_connections,
+        limits.header_timeout,
+        limits.keepalive_timeout
+    );
     server.run(pingora_core::server::RunArgs::default());
     access_log.close();
     if !daemon {

@@ -8,6 +8,7 @@
 //! - `providers`: one driver per LLM provider, provider instances, GCP auth.
 //! - `llm`: the wire formats: request body rewrite, SSE and JSON usage taps.
 //! - `proxy`: the Pingora `ProxyHttp` glue, thin hooks over the modules above.
+//! - `downstream`: the client side: connection cap, header deadline and size, keep-alive.
 //! - `balancer`: load-balancing algorithms.
 //! - `net`: endpoints, DNS, peers, the gateway's own outbound client.
 //! - `observability`: access log, request ids.
@@ -16,6 +17,7 @@
 pub mod app;
 pub mod balancer;
 pub mod config;
+pub mod downstream;
 pub mod llm;
 pub mod net;
 pub mod observability;

@@ -4,13 +4,19 @@
 //! their consecutive success/failure thresholds. Each instance gets its own one-backend
 //! `Backends` view, because instances differ in what they probe (path, Host, auth headers) and
 //! because Pingora identifies backends by address and weight, which would merge two instances of
-//! one provider host. The backend's address comes from a `ServiceDiscovery` that resolves the
-//! endpoint through aigate's non-blocking, cached resolver.
+//! one provider host.
+//!
+//! A probed name is ONE backend whatever its addresses: pingora-load-balancing keeps a backend's
+//! health history only while the backend stays in the discovered set, so a backend per resolved
+//! address would lose its failure count whenever DNS rotates or changes (the threshold would
+//! never be reached, or a threshold of 1 would flap). The backend of a name is therefore a fixed
+//! placeholder, and the probe connects like a request does: through `net::connect`'s
+//! `NameConnector`, to whichever of the name's current addresses answers (Happy Eyeballs).
 //!
 //! Passive (beyond APISIX): real requests report their outcome; an instance that fails a number
 //! of requests in a row is skipped for a cool-down, even without active checks, then tried again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -20,13 +26,14 @@ use http::{HeaderName, HeaderValue};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use pingora_http::RequestHeader;
-use pingora_load_balancing::discovery::ServiceDiscovery;
+use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::{Backend, Backends};
 
 use crate::config::schema::{ActiveCheckConf, PassiveCheckConf};
+use crate::net::connect::NameConnector;
+use crate::net::dns;
 use crate::net::endpoint::Endpoint;
-use crate::net::resolve::resolve;
 
 /// Milliseconds since the process started (monotonic), for atomics.
 fn now_ms() -> u64 {
@@ -114,20 +121,28 @@ fn check_statuses(s: &[u16]) -> Result<(), String> {
 // ------------------------------------------------------------------------------------------------
 // Active health
 
-/// Resolves the probed host each round, so a provider whose DNS moves is followed.
-struct DnsDiscovery {
-    host: String,
+/// The one backend that stands for `host:port`, and how to connect to it. An IP literal is its
+/// own address; a name gets a fixed placeholder (`0.0.0.0:port`, never dialled) and a connector
+/// that resolves the name at each probe.
+fn probe_target(
+    host: &str,
     port: u16,
-}
-
-#[async_trait]
-impl ServiceDiscovery for DnsDiscovery {
-    async fn discover(&self) -> pingora_error::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        let addr = resolve(&self.host, self.port).await.map_err(|m| {
-            pingora_error::Error::explain(pingora_error::ErrorType::ConnectNoRoute, m)
-        })?;
-        let backend = Backend::new(&addr.to_string())?;
-        Ok((BTreeSet::from([backend]), HashMap::new()))
+    timeout: Duration,
+) -> Result<(Backend, Option<Arc<NameConnector>>), String> {
+    let invalid = |_| "invalid probe address".to_string();
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok((
+            Backend::new(&std::net::SocketAddr::new(ip, port).to_string()).map_err(invalid)?,
+            None,
+        )),
+        Err(_) => Ok((
+            Backend::new(&format!("0.0.0.0:{port}")).map_err(invalid)?,
+            Some(Arc::new(NameConnector {
+                name: dns::name(host),
+                port,
+                timeout,
+            })),
+        )),
     }
 }
 
@@ -173,11 +188,12 @@ impl ActiveProbe {
         let successes = healthy.successes.unwrap_or(2).max(1) as usize;
         let port = conf.port.unwrap_or(endpoint.port);
 
-        let discovery = Box::new(DnsDiscovery {
-            host: endpoint.host.clone(),
-            port,
-        });
-        let mut backends = Backends::new(discovery);
+        let (backend, connector) = probe_target(&endpoint.host, port, timeout)?;
+        let mut backends = Backends::new(Static::new(BTreeSet::from([backend])));
+        let summary = {
+            let (name, host) = (instance.to_string(), endpoint.host.clone());
+            move |_: &Backend| format!("instance {name} ({host}:{port})")
+        };
         match kind {
             "http" | "https" => {
                 let tls = kind == "https";
@@ -211,6 +227,10 @@ impl ActiveProbe {
                 }
                 hc.req = req;
                 hc.peer_template.options.connection_timeout = Some(timeout);
+                hc.peer_template.options.custom_l4 = connector
+                    .clone()
+                    .map(|c| c as Arc<dyn pingora_core::connectors::L4Connect + Send + Sync>);
+                hc.backend_summary_callback = Some(Box::new(summary));
                 hc.peer_template.options.read_timeout = Some(timeout);
                 hc.peer_template.options.write_timeout = Some(timeout);
                 hc.peer_template.options.verify_cert =
@@ -249,6 +269,9 @@ impl ActiveProbe {
             "tcp" => {
                 let mut hc = TcpHealthCheck::new();
                 hc.peer_template.options.connection_timeout = Some(timeout);
+                hc.peer_template.options.custom_l4 = connector
+                    .clone()
+                    .map(|c| c as Arc<dyn pingora_core::connectors::L4Connect + Send + Sync>);
                 hc.consecutive_success = successes;
                 let failures = unhealthy
                     .tcp_failures

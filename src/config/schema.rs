@@ -38,6 +38,50 @@ pub struct GatewayConf {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_size")]
     pub max_body_size: u64,
+    /// Seconds to receive a request's whole header (from its first byte).
+    #[serde(default)]
+    pub client_header_timeout: Option<f64>,
+    /// Seconds allowed between two reads of a request body.
+    #[serde(default)]
+    pub client_body_timeout: Option<f64>,
+    /// Seconds to receive a request's whole body (from the end of its header).
+    #[serde(default)]
+    pub client_body_total_timeout: Option<f64>,
+    /// Seconds an idle keep-alive connection is kept open.
+    #[serde(default)]
+    pub keepalive_timeout: Option<f64>,
+    /// Seconds a write to a client may stall (a client that stops reading).
+    #[serde(default)]
+    pub send_timeout: Option<f64>,
+    /// Largest request header (request line and all fields), bytes.
+    #[serde(default)]
+    pub max_header_size: Option<u64>,
+    /// Most client connections open at once; beyond it new ones are closed at once.
+    #[serde(default)]
+    pub max_connections: Option<u64>,
+    #[serde(default)]
+    pub dns: DnsConf,
+}
+
+/// `gateway.dns`: how provider and upstream names are resolved.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConf {
+    /// `ip` or `ip:port` (default port 53); absent = the system's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub nameservers: Option<Vec<String>>,
+    /// Seconds one look-up may take, retries included.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    /// Seconds: answers are kept at least this long whatever their TTL...
+    #[serde(default)]
+    pub min_ttl: Option<f64>,
+    /// ...and at most this long.
+    #[serde(default)]
+    pub max_ttl: Option<f64>,
+    /// Seconds a failed look-up is remembered before the name is asked again.
+    #[serde(default)]
+    pub error_ttl: Option<f64>,
 }
 
 impl Default for GatewayConf {
@@ -48,6 +92,14 @@ impl Default for GatewayConf {
             data_dir: default_data_dir(),
             access_log: AccessLogConf::default(),
             max_body_size: default_max_body_size(),
+            client_header_timeout: None,
+            client_body_timeout: None,
+            client_body_total_timeout: None,
+            keepalive_timeout: None,
+            send_timeout: None,
+            max_header_size: None,
+            max_connections: None,
+            dns: DnsConf::default(),
         }
     }
 }

@@ -9,9 +9,9 @@ use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::http::Connector;
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use super::dns;
 use super::endpoint::Endpoint;
 use super::peer::{http_peer, PeerOptions};
-use super::resolve::resolve;
 
 /// Answers bigger than this are refused (these are token and chat documents, not downloads).
 const MAX_RESPONSE: usize = 64 * 1024 * 1024;
@@ -72,7 +72,7 @@ pub async fn send(
     timeout: Duration,
     verify_tls: bool,
 ) -> Result<Response, ClientError> {
-    let addr = resolve(&endpoint.host, endpoint.port)
+    let resolved = dns::resolve(&endpoint.host)
         .await
         .map_err(ClientError::Connect)?;
     let opts = PeerOptions {
@@ -82,7 +82,13 @@ pub async fn send(
         idle_timeout: Some(Duration::from_secs(60)),
         verify_tls,
     };
-    let peer = http_peer(addr, endpoint.tls, &endpoint.host, &opts);
+    let peer = http_peer(
+        &resolved,
+        endpoint.port,
+        endpoint.tls,
+        &endpoint.host,
+        &opts,
+    );
     let what = endpoint.to_string();
     let (mut session, _reused) = connector()
         .get_http_session(&peer)

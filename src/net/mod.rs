@@ -1,7 +1,9 @@
-//! Networking helpers shared by the proxy path and the gateway's own outbound calls: endpoint
-//! URLs, non-blocking DNS, building Pingora peers, and a small HTTP client on Pingora's connector.
+//! Networking shared by the proxy path, health probes and the gateway's own outbound calls:
+//! endpoint URLs, DNS (`dns`), connecting to multi-address names (`connect`), building Pingora
+//! peers, and a small HTTP client on Pingora's connector.
 
 pub mod client;
+pub mod connect;
+pub mod dns;
 pub mod endpoint;
 pub mod peer;
-pub mod resolve;

@@ -133,6 +133,8 @@ pub struct RequestCtx {
     pub client_gone: bool,
     /// Read the rest of a refused body before the connection is closed (see `request_filter`).
     pub drain_before_close: bool,
+    /// The request body could not be read: answer, then close (no keep-alive).
+    pub close_connection: bool,
 }
 
 impl RequestCtx {
@@ -156,6 +158,7 @@ impl RequestCtx {
             error: None,
             client_gone: false,
             drain_before_close: false,
+            close_connection: false,
         }
     }
 }

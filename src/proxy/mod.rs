@@ -34,6 +34,9 @@ pub struct Gateway {
     pub store: Arc<Store>,
     pub access_log: Arc<AccessLog>,
     pub max_body_size: u64,
+    /// `gateway.client_body_total_timeout`: the whole body must arrive within this, counted
+    /// from the end of the request header.
+    pub body_total_timeout: Duration,
 }
 
 /// Keep the gateway's own error for `fail_to_proxy` (it answers with its type and code) and
@@ -72,7 +75,11 @@ impl ProxyHttp for Gateway {
             Verdict::Responded => Ok(true),
             Verdict::Reject(err) => {
                 let ds = &mut session.downstream_session;
-                if !ds.is_body_done() {
+                if ctx.close_connection {
+                    // The body could not be read (bad framing, too slow): where the next
+                    // request would start is unknown, so the connection ends with this answer.
+                    ds.set_keepalive(None);
+                } else if !ds.is_body_done() {
                     // Refused before its body was read (413, wrong Content-Type). Closing under a
                     // client that is still sending would reset the connection and could lose the
                     // answer, so the rest of the body is drained (time-bounded) first.
@@ -103,6 +110,24 @@ impl ProxyHttp for Gateway {
             .map_err(|e| remember(ctx, e))
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A multi-address name may have connected to another address than the peer's nominal one.
+        if peer.options.custom_l4.is_some() {
+            if let Some(a) = crate::net::connect::peer_of(fd) {
+                ctx.upstream_addr = Some(a);
+            }
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -121,6 +146,15 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A body streamed to a plain upstream: Pingora bounds each read (client_body_timeout);
+        // the whole body's time is bounded here, as each piece arrives.
+        if !end_of_stream && ctx.started.elapsed() > self.body_total_timeout {
+            return Err(Error::explain(
+                pingora_error::ErrorType::ReadTimedout,
+                "request body not received within client_body_total_timeout",
+            )
+            .into_down());
+        }
         outbound::swap_body(body, end_of_stream, ctx);
         Ok(())
     }

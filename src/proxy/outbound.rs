@@ -16,8 +16,8 @@ use crate::llm::json_tap::JsonTap;
 use crate::llm::request::RewriteSpec;
 use crate::llm::sse::{SseTap, SseTapOptions};
 use crate::net::client::{self, ClientError};
+use crate::net::dns;
 use crate::net::peer::http_peer;
-use crate::net::resolve::resolve;
 use crate::providers::vertex_ai;
 use crate::store::upstream::PassHost;
 
@@ -107,11 +107,11 @@ pub async fn select_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayE
         prepare_attempt(llm)?;
         let target = llm.target.as_ref().expect("set by prepare_attempt");
         let ep = &target.endpoint;
-        let addr = resolve(&ep.host, ep.port)
+        let resolved = dns::resolve(&ep.host)
             .await
             .map_err(|m| GatewayError::bad_gateway("upstream_unreachable", m))?;
-        ctx.upstream_addr = Some(addr);
-        http_peer(addr, ep.tls, &ep.host, &llm.instance.peer)
+        ctx.upstream_addr = Some(resolved.first(ep.port));
+        http_peer(&resolved, ep.port, ep.tls, &ep.host, &llm.instance.peer)
     } else {
         let route = ctx
             .route
@@ -124,11 +124,11 @@ pub async fn select_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayE
         let idx = up.pick();
         ctx.upstream_node = Some(idx);
         let node = &up.nodes[idx];
-        let addr = resolve(&node.host, node.port)
+        let resolved = dns::resolve(&node.host)
             .await
             .map_err(|m| GatewayError::bad_gateway("upstream_unreachable", m))?;
-        ctx.upstream_addr = Some(addr);
-        http_peer(addr, up.tls, &node.host, &up.peer)
+        ctx.upstream_addr = Some(resolved.first(node.port));
+        http_peer(&resolved, node.port, up.tls, &node.host, &up.peer)
     };
     ctx.upstream_started = Some(Instant::now());
     ctx.upstream_status = None;

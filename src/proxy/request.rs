@@ -34,7 +34,7 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
     let mut body: Option<Bytes> = None;
     let mut parsed: Option<LlmRequest> = None;
     if needs_body && has_body(session) {
-        match read_body(session, gw.max_body_size).await {
+        match read_body(session, gw, ctx).await {
             Ok(b) => body = Some(b),
             Err(e) => return Verdict::Reject(e),
         }
@@ -82,7 +82,7 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
         None => {
             let b = match body {
                 Some(b) => b,
-                None => match read_body(session, gw.max_body_size).await {
+                None => match read_body(session, gw, ctx).await {
                     Ok(b) => b,
                     Err(e) => return Verdict::Reject(e),
                 },
@@ -168,10 +168,51 @@ fn is_json(ct: &[u8]) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
+/// Why a body could not be read.
+enum BodyFailure {
+    /// Refused by the gateway (413): the connection's framing is intact.
+    Refused(GatewayError),
+    /// The body itself is broken (bad chunk framing, a read error, too slow): after this the
+    /// stream position is unknown, so the connection must close after the answer.
+    Broken(GatewayError),
+}
+
+/// Read the whole request body within `client_body_total_timeout` of the request's start
+/// (Pingora bounds each read by `client_body_timeout`).
+async fn read_body(
+    session: &mut Session,
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+) -> Result<Bytes, GatewayError> {
+    let deadline = tokio::time::Instant::from_std(ctx.started + gw.body_total_timeout);
+    let read = tokio::time::timeout_at(deadline, read_whole_body(session, gw.max_body_size));
+    let failure = match read.await {
+        Ok(Ok(b)) => return Ok(b),
+        Ok(Err(f)) => f,
+        Err(_) => BodyFailure::Broken(body_timeout()),
+    };
+    match failure {
+        BodyFailure::Refused(e) => Err(e),
+        BodyFailure::Broken(e) => {
+            ctx.close_connection = true;
+            Err(e)
+        }
+    }
+}
+
+fn body_timeout() -> GatewayError {
+    GatewayError::new(
+        408,
+        "invalid_request_error",
+        "request_timeout",
+        "the request body was not received in time",
+    )
+}
+
 /// Read the whole request body, refusing it past `max` bytes. When Content-Length already says it
 /// is too large the body is not read at all; Pingora drains it before reusing the connection, so
 /// the client reads the 413 instead of a reset.
-async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, GatewayError> {
+async fn read_whole_body(session: &mut Session, max: u64) -> Result<Bytes, BodyFailure> {
     let declared = session
         .req_header()
         .headers
@@ -179,7 +220,7 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, GatewayErro
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
-        return Err(GatewayError::too_large(max));
+        return Err(BodyFailure::Refused(GatewayError::too_large(max)));
     }
     // The gateway consumes the body itself, so it answers `Expect: 100-continue` itself and does
     // not forward the expectation.
@@ -198,10 +239,10 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, GatewayErro
             .await
             .is_err()
         {
-            return Err(GatewayError::bad_request(
+            return Err(BodyFailure::Broken(GatewayError::bad_request(
                 "body_read_error",
                 "client went away",
-            ));
+            )));
         }
     }
     let mut first: Option<Bytes> = None;
@@ -212,13 +253,19 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, GatewayErro
             .downstream_session
             .read_request_body()
             .await
-            .map_err(|_| {
-                GatewayError::bad_request("body_read_error", "failed to read the request body")
+            .map_err(|e| {
+                BodyFailure::Broken(match e.etype() {
+                    pingora_error::ErrorType::ReadTimedout => body_timeout(),
+                    _ => GatewayError::bad_request(
+                        "body_read_error",
+                        "failed to read the request body (invalid framing or connection error)",
+                    ),
+                })
             })?;
         let Some(chunk) = chunk else { break };
         total += chunk.len() as u64;
         if total > max {
-            return Err(GatewayError::too_large(max));
+            return Err(BodyFailure::Refused(GatewayError::too_large(max)));
         }
         // A body that arrives in one read is kept as is; only multi-read bodies are copied.
         match (&mut first, &mut buf) {

@@ -54,6 +54,8 @@ fn scratch_dir() -> PathBuf {
 pub struct Mock {
     pub port: u16,
     pub name: String,
+    /// The address it listens on (127.0.0.1 unless started with `start_at`).
+    pub ip: std::net::IpAddr,
     child: Child,
 }
 
@@ -63,8 +65,13 @@ impl Mock {
     }
 
     pub fn start_with(name: &str, args: &[&str]) -> Mock {
+        Self::start_at(name, "127.0.0.1:0", args)
+    }
+
+    /// A mock listening on `listen` (e.g. `[::1]:8000`, or another loopback address).
+    pub fn start_at(name: &str, listen: &str, args: &[&str]) -> Mock {
         let mut child = Command::new(MOCK)
-            .args(["--listen", "127.0.0.1:0", "--name", name])
+            .args(["--listen", listen, "--name", name])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -74,13 +81,18 @@ impl Mock {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        let addr: std::net::SocketAddr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
         Mock {
-            port,
+            port: addr.port(),
             name: name.to_string(),
+            ip: addr.ip(),
             child,
         }
+    }
+
+    fn control(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        Conn::open_addr(std::net::SocketAddr::new(self.ip, self.port))
+            .request(method, path, headers, body)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -93,7 +105,7 @@ impl Mock {
 
     /// Every request the mock received, oldest first.
     pub fn requests(&self) -> Vec<Value> {
-        let r = request(self.port, "GET", "/_mock/requests", &[], b"");
+        let r = self.control("GET", "/_mock/requests", &[], b"");
         serde_json::from_slice::<Value>(&r.body)
             .unwrap()
             .as_array()
@@ -119,8 +131,7 @@ impl Mock {
     }
 
     pub fn set(&self, defaults: Value) {
-        let r = request(
-            self.port,
+        let r = self.control(
             "POST",
             "/_mock/config",
             &[("content-type", "application/json")],
@@ -153,6 +164,8 @@ pub struct GatewayOpts<'a> {
     /// Extra lines under `gateway:` (indented by the caller with 2 spaces).
     pub gateway_extra: &'a str,
     pub env: Vec<(&'a str, String)>,
+    /// Start the gateway with this soft `RLIMIT_NOFILE` (the hard limit stays).
+    pub soft_nofile: Option<u64>,
 }
 
 /// Write a full config file around `resources` (the `routes:`/`services:` YAML).
@@ -175,6 +188,10 @@ pub fn config_text(
 }
 
 impl Gateway {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start(resources: &str) -> Gateway {
         Self::start_with(resources, GatewayOpts::default())
     }
@@ -189,6 +206,22 @@ impl Gateway {
             cmd.arg("-c").arg(dir.join("config.yaml"));
             for (k, v) in &opts.env {
                 cmd.env(k, v);
+            }
+            if let Some(n) = opts.soft_nofile {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: only async-signal-safe libc calls between fork and exec.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        let mut lim = libc::rlimit {
+                            rlim_cur: 0,
+                            rlim_max: 0,
+                        };
+                        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                        lim.rlim_cur = n.min(lim.rlim_max);
+                        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                        Ok(())
+                    });
+                }
             }
         })
     }
@@ -391,7 +424,11 @@ pub struct Conn {
 
 impl Conn {
     pub fn open(port: u16) -> Conn {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        Self::open_addr(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    pub fn open_addr(addr: std::net::SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))

@@ -1,0 +1,285 @@
+//! The client side of the data plane: which connections are served, and how long a client may
+//! take.
+//!
+//! Pingora reads a request header with a per-read timeout and a 1 MiB cap, so a client that
+//! sends a byte every few seconds keeps its connection (and up to 1 MiB of buffer) forever, and
+//! an idle keep-alive connection is only bounded per read as well. It has no limit on open
+//! connections either. The header read happens before any `ProxyHttp` hook, so these limits sit
+//! around the proxy: `Downstream` is a Pingora `ServerApp` that receives each accepted stream,
+//! and for every request on it
+//!
+//! 1. admits the connection only under `max_connections` (else answers 503 and closes);
+//! 2. waits for the request's first byte (a new connection: `client_header_timeout`; a kept-alive
+//!    one: `keepalive_timeout`, or until shutdown), then reads until the end of the header within
+//!    `client_header_timeout` of the first byte and `max_header_size` bytes (else 408 / 431 and
+//!    close);
+//! 3. hands the bytes read to Pingora's own HTTP/1 session as its pipelined prefix (so Pingora
+//!    parses the complete header without reading again) with `client_body_timeout` as the
+//!    per-read body timeout and `send_timeout` as the write timeout, and runs the proxy;
+//! 4. loops while Pingora hands the connection back for keep-alive.
+//!
+//! A client that hangs up mid-header is normal traffic: it is logged at debug, not as an error.
+
+pub mod fdlimit;
+pub mod head;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use head::HeadEnd;
+
+/// Client-side limits (`gateway.*`), validated.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub body_total_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub send_timeout: Duration,
+    pub max_header_size: usize,
+    pub max_connections: usize,
+}
+
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_BODY_TOTAL_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
+
+/// How the header read ended.
+enum Head {
+    /// The complete header (and whatever followed it in the same reads).
+    Ready(BytesMut),
+    /// Nothing to answer: the client left, stayed idle past its bound, or we are shutting down.
+    Gone,
+    TimedOut,
+    TooLarge,
+}
+
+/// A Pingora `ServerApp` that enforces `ClientLimits` around an HTTP app (the proxy).
+pub struct Downstream<A> {
+    app: Arc<A>,
+    limits: ClientLimits,
+    open: AtomicUsize,
+    /// When (ms since start, plus one; 0 = never) the last "limit reached" warning was logged.
+    last_refusal_log: AtomicU64,
+    started: Instant,
+}
+
+impl<A> Downstream<A> {
+    pub fn new(app: A, limits: ClientLimits) -> Downstream<A> {
+        Downstream {
+            app: Arc::new(app),
+            limits,
+            open: AtomicUsize::new(0),
+            last_refusal_log: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// Count the connection in, if there is room.
+    fn admit(&self) -> Option<Slot<'_>> {
+        let n = self.open.fetch_add(1, Ordering::AcqRel);
+        if n >= self.limits.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(&self.open))
+    }
+
+    fn log_refusal(&self) {
+        // At most one line a second: a flood must not become a flood of log lines.
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.last_refusal_log.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + 1000)
+            && self
+                .last_refusal_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            log::warn!(
+                "gateway.max_connections ({}) reached: refusing new connections",
+                self.limits.max_connections
+            );
+        }
+    }
+}
+
+/// One admitted connection; leaving the count when dropped, on every path.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Downstream<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let Some(_slot) = self.admit() else {
+            self.log_refusal();
+            answer(
+                &mut stream,
+                503,
+                "server_busy",
+                "too many connections; retry later",
+            )
+            .await;
+            return None;
+        };
+        let l = &self.limits;
+        let mut shutdown = shutdown.clone();
+        let mut idle = l.header_timeout;
+        loop {
+            let head = read_head(&mut stream, idle, l, &mut shutdown).await;
+            let buf = match head {
+                Head::Ready(buf) => buf,
+                Head::Gone => return None,
+                Head::TimedOut => {
+                    answer(
+                        &mut stream,
+                        408,
+                        "request_timeout",
+                        "request header not received in time",
+                    )
+                    .await;
+                    return None;
+                }
+                Head::TooLarge => {
+                    let msg = format!("request header exceeds {} bytes", l.max_header_size);
+                    answer(&mut stream, 431, "request_header_too_large", &msg).await;
+                    return None;
+                }
+            };
+            let mut session = ServerSession::new_http1(stream);
+            session.set_pipelined_prefix(buf);
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            } else {
+                // Pingora only needs to know that keep-alive is on; the idle wait is ours.
+                session.set_keepalive(Some(l.keepalive_timeout.as_secs().max(1)));
+            }
+            session.set_read_timeout(Some(l.body_timeout));
+            session.set_write_timeout(Some(l.send_timeout));
+            let reused = self.app.process_new_http(session, &shutdown).await?;
+            // Persistent settings carry nothing aigate uses (no pipelining, no per-connection
+            // request limit, no connection context).
+            stream = reused.consume().0;
+            idle = l.keepalive_timeout;
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.app.http_cleanup().await;
+    }
+}
+
+/// Read one request header. `idle`: how long to wait for its first byte.
+async fn read_head(
+    stream: &mut Stream,
+    idle: Duration,
+    l: &ClientLimits,
+    shutdown: &mut ShutdownWatch,
+) -> Head {
+    if *shutdown.borrow() {
+        return Head::Gone;
+    }
+    let mut buf = BytesMut::new();
+    let mut end = HeadEnd::default();
+    let mut deadline = tokio::time::Instant::now() + idle;
+    let mut receiving = false;
+    loop {
+        if buf.len() == buf.capacity() {
+            // Grow in steps, never past the limit (plus one byte, to tell "at" from "over").
+            let room = (l.max_header_size + 1).saturating_sub(buf.len());
+            if room == 0 {
+                return Head::TooLarge;
+            }
+            buf.reserve(room.min(buf.len().max(2048)));
+        }
+        let filled = buf.len();
+        tokio::select! {
+            biased;
+            r = stream.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => {
+                    if receiving {
+                        log::debug!("client closed the connection mid-header ({filled} bytes)");
+                    }
+                    return Head::Gone;
+                }
+                Ok(_) => {
+                    if let Some(n) = end.feed(&buf[filled..]) {
+                        if n > l.max_header_size {
+                            return Head::TooLarge;
+                        }
+                        return Head::Ready(buf);
+                    }
+                    if buf.len() > l.max_header_size {
+                        return Head::TooLarge;
+                    }
+                    if !receiving && end.started() {
+                        // The header deadline runs from its first byte.
+                        receiving = true;
+                        deadline = tokio::time::Instant::now() + l.header_timeout;
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                if receiving {
+                    log::debug!("request header not complete after {:?}", l.header_timeout);
+                    return Head::TimedOut;
+                }
+                return Head::Gone;
+            }
+            // An idle keep-alive connection closes when the server shuts down; a request that
+            // has started is read to the end and served.
+            _ = shutdown.changed(), if !receiving => return Head::Gone,
+        }
+    }
+}
+
+/// Best effort: a short JSON error and close. The client may not be reading; this never waits
+/// long.
+async fn answer(stream: &mut Stream, status: u16, code: &str, message: &str) {
+    let reason = match status {
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let kind = if status == 503 {
+        "api_error"
+    } else {
+        "invalid_request_error"
+    };
+    let body =
+        serde_json::json!({"error": {"message": message, "type": kind, "code": code}}).to_string();
+    let retry = if status == 503 {
+        "Retry-After: 1\r\n"
+    } else {
+        ""
+    };
+    let resp = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{retry}Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        stream.write_all(resp.as_bytes()).await?;
+        stream.flush().await
+    })
+    .await;
+}
