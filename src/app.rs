@@ -80,6 +80,8 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
             })?;
         }
     }
+    // Before the config is compiled: its health probes get their connectors as they are built.
+    crate::net::tls::init(&loaded.server);
     let snapshot = Snapshot::build(&loaded.file)?;
     Ok(Prepared {
         server_conf: loaded.server,

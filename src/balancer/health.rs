@@ -183,7 +183,11 @@ impl ActiveProbe {
                 let tls = kind == "https";
                 let host = conf.host.clone().unwrap_or_else(|| endpoint.authority());
                 let sni_host = conf.host.clone().unwrap_or_else(|| endpoint.host.clone());
-                let mut hc = HttpHealthCheck::new(&sni_host, tls);
+                // The process's outbound TLS settings (`server.ca_file`), as for real requests.
+                let connector = pingora_core::connectors::http::Connector::new(
+                    crate::net::tls::connector_options(),
+                );
+                let mut hc = HttpHealthCheck::new_custom(&sni_host, tls, connector);
                 let mut path = conf.http_path.clone().unwrap_or_else(|| "/".into());
                 if !path.starts_with('/') {
                     return Err("http_path must start with '/'".into());
@@ -248,6 +252,9 @@ impl ActiveProbe {
             }
             "tcp" => {
                 let mut hc = TcpHealthCheck::new();
+                hc.set_connector(pingora_core::connectors::TransportConnector::new(
+                    crate::net::tls::connector_options(),
+                ));
                 hc.peer_template.options.connection_timeout = Some(timeout);
                 hc.consecutive_success = successes;
                 let failures = unhealthy
