@@ -61,3 +61,68 @@ pub fn check_ca_file(path: &str) -> Result<usize, String> {
     Ok(store.len())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_pem(name: &str) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    /// Writes `text` to a fresh file and checks it.
+    fn check(text: &str) -> Result<usize, String> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("aigate-ca-{}-{n}.pem", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let r = check_ca_file(path.to_str().unwrap());
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    #[test]
+    fn a_bundle_counts_its_certificates() {
+        let bundle = format!(
+            "# comments and text between blocks are fine\n{}\n{}",
+            ca_pem("a"),
+            ca_pem("b")
+        );
+        assert_eq!(check(&bundle), Ok(2));
+    }
+
+    #[test]
+    fn files_pingora_would_refuse_or_trust_nothing_from_are_errors() {
+        let key = include_str!("../../tests/fixtures/gcp-test-key.pkcs8.pem");
+        let e = check("").unwrap_err();
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+        let e = check("hello\n").unwrap_err();
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+        // Pingora refuses the whole file when anything but certificates is in it.
+        let e = check(&format!("{}{key}", ca_pem("a"))).unwrap_err();
+        assert!(e.contains("un-loadable certificate type"), "{e}");
+        let e =
+            check("-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n").unwrap_err();
+        assert!(
+            e.contains("must hold only PEM \"CERTIFICATE\" blocks"),
+            "{e}"
+        );
+        // Valid base64 that is no certificate.
+        let e = check("-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n")
+            .unwrap_err();
+        assert!(
+            e.contains("must hold only PEM \"CERTIFICATE\" blocks"),
+            "{e}"
+        );
+        let e = check_ca_file("/nonexistent/aigate-ca.pem").unwrap_err();
+        assert!(
+            e.starts_with("cannot read \"/nonexistent/aigate-ca.pem\""),
+            "{e}"
+        );
+    }
+}

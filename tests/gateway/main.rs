@@ -15,3 +15,4 @@ mod providers;
 mod readme_examples;
 mod routing;
 mod streaming;
+mod tls;
