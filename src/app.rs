@@ -92,6 +92,8 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
     }
     let limits = client_limits(gw)?;
     let dns = dns_settings(&gw.dns)?;
+    // Before the config is compiled: its health probes get their connectors as they are built.
+    crate::net::tls::init(&loaded.server);
     let snapshot = Snapshot::build(&loaded.file)?;
     Ok(Prepared {
         server_conf: loaded.server,

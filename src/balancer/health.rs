@@ -188,7 +188,7 @@ impl ActiveProbe {
         let successes = healthy.successes.unwrap_or(2).max(1) as usize;
         let port = conf.port.unwrap_or(endpoint.port);
 
-        let (backend, connector) = probe_target(&endpoint.host, port, timeout)?;
+        let (backend, name_connector) = probe_target(&endpoint.host, port, timeout)?;
         let mut backends = Backends::new(Static::new(BTreeSet::from([backend])));
         let summary = {
             let (name, host) = (instance.to_string(), endpoint.host.clone());
@@ -199,7 +199,11 @@ impl ActiveProbe {
                 let tls = kind == "https";
                 let host = conf.host.clone().unwrap_or_else(|| endpoint.authority());
                 let sni_host = conf.host.clone().unwrap_or_else(|| endpoint.host.clone());
-                let mut hc = HttpHealthCheck::new(&sni_host, tls);
+                // The process's outbound TLS settings (`server.ca_file`), as for real requests.
+                let connector = pingora_core::connectors::http::Connector::new(
+                    crate::net::tls::connector_options(),
+                );
+                let mut hc = HttpHealthCheck::new_custom(&sni_host, tls, connector);
                 let mut path = conf.http_path.clone().unwrap_or_else(|| "/".into());
                 if !path.starts_with('/') {
                     return Err("http_path must start with '/'".into());
@@ -227,7 +231,7 @@ impl ActiveProbe {
                 }
                 hc.req = req;
                 hc.peer_template.options.connection_timeout = Some(timeout);
-                hc.peer_template.options.custom_l4 = connector
+                hc.peer_template.options.custom_l4 = name_connector
                     .clone()
                     .map(|c| c as Arc<dyn pingora_core::connectors::L4Connect + Send + Sync>);
                 hc.backend_summary_callback = Some(Box::new(summary));
@@ -268,8 +272,11 @@ impl ActiveProbe {
             }
             "tcp" => {
                 let mut hc = TcpHealthCheck::new();
+                hc.set_connector(pingora_core::connectors::TransportConnector::new(
+                    crate::net::tls::connector_options(),
+                ));
                 hc.peer_template.options.connection_timeout = Some(timeout);
-                hc.peer_template.options.custom_l4 = connector
+                hc.peer_template.options.custom_l4 = name_connector
                     .clone()
                     .map(|c| c as Arc<dyn pingora_core::connectors::L4Connect + Send + Sync>);
                 hc.consecutive_success = successes;

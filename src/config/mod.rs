@@ -156,6 +156,28 @@ fn server_conf(raw: Option<&serde_yaml::Value>) -> Result<ServerConf, ConfigErro
     if conf.threads == 0 {
         return Err(ConfigError::new("server.threads", "must be at least 1"));
     }
+    if let Some(path) = conf.ca_file.take() {
+        crate::net::tls::check_ca_file(&path).map_err(|m| ConfigError::new("server.ca_file", m))?;
+        // Connectors built after `-d` forked (the daemon changes to /) must read the same file.
+        let absolute = std::path::absolute(&path)
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_string));
+        conf.ca_file = Some(absolute.unwrap_or(path));
+    }
+    // Pingora parses these with unwrap() when it builds a connector: refuse them here instead.
+    for (key, list) in [
+        ("client_bind_to_ipv4", &conf.client_bind_to_ipv4),
+        ("client_bind_to_ipv6", &conf.client_bind_to_ipv6),
+    ] {
+        for (i, ip) in list.iter().enumerate() {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError::new(
+                    format!("server.{key}[{i}]"),
+                    format!("{ip:?} is not an IP address"),
+                ));
+            }
+        }
+    }
     Ok(conf)
 }
 
@@ -214,6 +236,25 @@ mod tests {
         assert_eq!(l.server.grace_period_seconds, Some(5));
         let l = parse_str("server:\n  grace_period_seconds: 30\n", &no_env).unwrap();
         assert_eq!(l.server.grace_period_seconds, Some(30));
+    }
+
+    #[test]
+    fn server_ca_file_must_be_a_readable_certificate_file() {
+        let e = parse_str("server:\n  ca_file: /nonexistent/ca.pem\n", &no_env)
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "server.ca_file");
+        assert!(e.message.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_client_bind_address_is_refused_not_a_panic() {
+        let e = parse_str("server:\n  client_bind_to_ipv4: [1.2.3.4, nope]\n", &no_env)
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "server.client_bind_to_ipv4[1]");
+        let l = parse_str("server:\n  client_bind_to_ipv6: [\"::1\"]\n", &no_env).unwrap();
+        assert_eq!(l.server.client_bind_to_ipv6, ["::1"]);
     }
 
     #[test]

@@ -48,7 +48,9 @@ impl std::fmt::Display for ClientError {
 
 fn connector() -> &'static Connector {
     static C: OnceLock<Connector> = OnceLock::new();
-    C.get_or_init(|| Connector::new(None))
+    // Built on first use, after `-d` has forked; `server.ca_file` is an absolute path by then
+    // (made so at load), so the daemon's chdir to / does not change which file is read.
+    C.get_or_init(|| Connector::new(super::tls::connector_options()))
 }
 
 fn classify(e: &pingora_error::Error, what: &str) -> ClientError {

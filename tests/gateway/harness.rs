@@ -36,7 +36,7 @@ pub fn closed_port() -> u16 {
     free_port()
 }
 
-fn scratch_dir() -> PathBuf {
+pub fn scratch_dir() -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     let d = std::env::temp_dir().join(format!(
         "aigate-test-{}-{}-{}",
@@ -53,6 +53,8 @@ fn scratch_dir() -> PathBuf {
 
 pub struct Mock {
     pub port: u16,
+    /// The HTTPS listener's port (mocks started with `start_tls`).
+    pub tls_port: Option<u16>,
     pub name: String,
     /// The address it listens on (127.0.0.1 unless started with `start_at`).
     pub ip: std::net::IpAddr,
@@ -65,11 +67,30 @@ impl Mock {
     }
 
     pub fn start_with(name: &str, args: &[&str]) -> Mock {
-        Self::start_at(name, "127.0.0.1:0", args)
+        Self::spawn(name, "127.0.0.1:0", args, false)
     }
 
     /// A mock listening on `listen` (e.g. `[::1]:8000`, or another loopback address).
     pub fn start_at(name: &str, listen: &str, args: &[&str]) -> Mock {
+        Self::spawn(name, listen, args, false)
+    }
+
+    /// A mock that also serves HTTPS with this certificate chain and key (PEM files); the control
+    /// API stays reachable over plain HTTP on `port`.
+    pub fn start_tls(
+        name: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        args: &[&str],
+    ) -> Mock {
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let mut all = vec!["--tls-listen", "127.0.0.1:0", "--tls-cert", cert];
+        all.extend(["--tls-key", key]);
+        all.extend_from_slice(args);
+        Self::spawn(name, "127.0.0.1:0", &all, true)
+    }
+
+    fn spawn(name: &str, listen: &str, args: &[&str], tls: bool) -> Mock {
         let mut child = Command::new(MOCK)
             .args(["--listen", listen, "--name", name])
             .args(args)
@@ -77,13 +98,21 @@ impl Mock {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start aigate-mock");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr: std::net::SocketAddr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut read_addr = |expected: &str| -> std::net::SocketAddr {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            assert!(
+                line.starts_with(expected),
+                "aigate-mock printed {line:?}, expected {expected:?}"
+            );
+            line.trim().rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        let addr = read_addr("aigate-mock listening on ");
+        let tls_port = tls.then(|| read_addr("aigate-mock tls listening on ").port());
         Mock {
             port: addr.port(),
+            tls_port,
             name: name.to_string(),
             ip: addr.ip(),
             child,
@@ -101,6 +130,14 @@ impl Mock {
 
     pub fn chat_url(&self) -> String {
         self.url("/v1/chat/completions")
+    }
+
+    /// `https://HOST:TLS_PORT/PATH` (`host` is what the gateway connects to and verifies).
+    pub fn tls_url(&self, host: &str, path: &str) -> String {
+        let port = self
+            .tls_port
+            .expect("the mock was not started with start_tls");
+        format!("https://{host}:{port}{path}")
     }
 
     /// Every request the mock received, oldest first.
@@ -163,6 +200,8 @@ pub struct GatewayOpts<'a> {
     pub log_format: Option<&'a str>,
     /// Extra lines under `gateway:` (indented by the caller with 2 spaces).
     pub gateway_extra: &'a str,
+    /// Extra lines under `server:` (indented by the caller with 2 spaces).
+    pub server_extra: &'a str,
     pub env: Vec<(&'a str, String)>,
     /// Start the gateway with this soft `RLIMIT_NOFILE` (the hard limit stays).
     pub soft_nofile: Option<u64>,
@@ -180,10 +219,11 @@ pub fn config_text(
         .map(|f| format!("    format: '{}'\n", f.replace('\'', "''")))
         .unwrap_or_default();
     format!(
-        "server:\n  threads: 2\n  pid_file: {d}/aigate.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n\
+        "server:\n  threads: 2\n  pid_file: {d}/aigate.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n{server_extra}\
          gateway:\n  listen: 127.0.0.1:{port}\n  access_log:\n    path: {d}/access.log\n{format}{extra}\n{resources}\n",
         d = dir.display(),
         extra = opts.gateway_extra,
+        server_extra = opts.server_extra,
     )
 }
 

@@ -18,3 +18,4 @@ mod providers;
 mod readme_examples;
 mod routing;
 mod streaming;
+mod tls;

@@ -75,8 +75,10 @@ Every response carries x-mock-name: NAME.";
 
 /// Mock LLM provider for aigate's integration tests and wrk benchmarks.
 ///
-/// Prints exactly one line, `aigate-mock listening on ADDR`, once the socket is
-/// bound; nothing else goes to stdout.
+/// Prints `aigate-mock listening on ADDR` once the socket is bound and, with
+/// --tls-listen, a second line `aigate-mock tls listening on ADDR`; nothing else
+/// goes to stdout. Both listeners serve the same mock (one request log, one set
+/// of knobs); the control API works on either.
 #[derive(Parser, Debug)]
 #[command(name = "aigate-mock", version, after_help = HELP_TAIL)]
 struct Cli {
@@ -113,6 +115,48 @@ struct Cli {
     /// Do not record requests (benchmarks); GET /_mock/requests then answers [].
     #[arg(long)]
     no_record: bool,
+
+    /// Also serve HTTPS on ADDR (port 0 picks a free port); needs --tls-cert and --tls-key.
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<String>,
+
+    /// PEM certificate chain for --tls-listen, leaf first.
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    tls_cert: Option<String>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for --tls-listen.
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    tls_key: Option<String>,
+}
+
+/// The HTTPS side: where to listen and the server config (certificate and key loaded).
+struct Tls {
+    listen: String,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--tls-cert {cert}: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!("--tls-cert {cert}: no PEM certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("--tls-key {key}: {e}"))?;
+    // An explicit provider: ring, the one the rest of the build already uses, and no reliance on
+    // a process-wide default being installed.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    // The mock speaks HTTP/1.x only: say so, so a client offering h2 does not try it.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 fn main() -> ExitCode {
@@ -136,6 +180,17 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
+    let tls = match (cli.tls_listen, cli.tls_cert, cli.tls_key) {
+        (Some(listen), Some(cert), Some(key)) => match tls_acceptor(&cert, &key) {
+            Ok(acceptor) => Some(Tls { listen, acceptor }),
+            Err(e) => {
+                eprintln!("aigate-mock: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -147,29 +202,51 @@ fn main() -> ExitCode {
         }
     };
     let app = Arc::new(server::App::new(cli.name, cli_knobs, !cli.no_record));
-    runtime.block_on(run(&cli.listen, app))
+    runtime.block_on(run(&cli.listen, tls, app))
 }
 
-async fn run(listen: &str, app: Arc<server::App>) -> ExitCode {
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => l,
+async fn bind(listen: &str) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), String> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    Ok((listener, addr))
+}
+
+async fn run(listen: &str, tls: Option<Tls>, app: Arc<server::App>) -> ExitCode {
+    // Both sockets are bound before anything is printed, so a harness that has read the lines
+    // can connect to either at once.
+    let plain = bind(listen).await;
+    let secure = match &tls {
+        Some(t) => Some(bind(&t.listen).await),
+        None => None,
+    };
+    let (listener, addr) = match plain {
+        Ok(bound) => bound,
         Err(e) => {
-            eprintln!("aigate-mock: cannot listen on {listen}: {e}");
+            eprintln!("aigate-mock: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let addr = match listener.local_addr() {
-        Ok(a) => a,
+    let secure = match secure.transpose() {
+        Ok(bound) => bound,
         Err(e) => {
-            eprintln!("aigate-mock: cannot read the bound address: {e}");
+            eprintln!("aigate-mock: {e}");
             return ExitCode::FAILURE;
         }
     };
-    // The harness reads the port from this line, so it must be flushed right away
-    // and be the only thing ever written to stdout.
+    // The harness reads the ports from these lines, so they must be flushed right away
+    // and be the only things ever written to stdout.
     {
         let mut out = std::io::stdout().lock();
-        if writeln!(out, "aigate-mock listening on {addr}")
+        let mut lines = format!("aigate-mock listening on {addr}\n");
+        if let Some((_, tls_addr)) = &secure {
+            lines.push_str(&format!("aigate-mock tls listening on {tls_addr}\n"));
+        }
+        if out
+            .write_all(lines.as_bytes())
             .and_then(|_| out.flush())
             .is_err()
         {
@@ -177,7 +254,15 @@ async fn run(listen: &str, app: Arc<server::App>) -> ExitCode {
         }
     }
 
-    server::serve(listener, app).await;
+    match (secure, tls) {
+        (Some((tls_listener, _)), Some(tls)) => {
+            tokio::join!(
+                server::serve(listener, app.clone()),
+                server::serve_tls(tls_listener, tls.acceptor, app),
+            );
+        }
+        _ => server::serve(listener, app).await,
+    }
     ExitCode::SUCCESS
 }
 

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::http::{self, ReadError, Request, RespFraming, Wire};
 use crate::knobs::Knobs;
@@ -183,7 +184,35 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
     }
 }
 
-async fn serve_conn(app: Arc<App>, mut stream: TcpStream) {
+/// Accepts HTTPS connections forever: the same app as `serve`, behind a TLS handshake.
+pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, app: Arc<App>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                let (app, acceptor) = (app.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    // A client that refuses the certificate (a test of verification) ends the
+                    // handshake with an alert: nothing to answer, and nothing worth printing.
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    if let Ok(Ok(tls)) = handshake.await {
+                        serve_conn(app, tls).await;
+                    }
+                });
+            }
+            Err(e) => {
+                eprintln!("aigate-mock: tls accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A client that connects and never finishes the handshake must not hold a task forever.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(app: Arc<App>, mut stream: S) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     loop {
         let req = match http::read_request(&mut stream, &mut buf).await {
@@ -213,7 +242,11 @@ async fn serve_conn(app: Arc<App>, mut stream: TcpStream) {
 }
 
 /// Answers one request; `Ok(true)` when the connection can carry another.
-async fn handle(app: &App, stream: &mut TcpStream, req: &Request) -> io::Result<bool> {
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    app: &App,
+    stream: &mut S,
+    req: &Request,
+) -> io::Result<bool> {
     let mut wire = Wire::for_request(req, &app.name);
     let endpoint = classify(req.path());
     if endpoint == Endpoint::Control {
@@ -285,8 +318,19 @@ fn respond(app: &App, req: &Request, endpoint: Endpoint, knobs: &Knobs) -> Reply
 }
 
 /// Writes the reply and records its status (and event times, via `sse`).
-async fn send(
-    stream: &mut TcpStream,
+async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    wire: &mut Wire<'_>,
+    reply: Reply,
+    trace: &Trace,
+) -> io::Result<()> {
+    write_reply(stream, wire, reply, trace).await?;
+    // A TLS stream may keep the tail of a write in its buffer until flushed (a no-op on TCP).
+    stream.flush().await
+}
+
+async fn write_reply<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     wire: &mut Wire<'_>,
     reply: Reply,
     trace: &Trace,
@@ -632,6 +676,7 @@ mod tests {
         use super::super::*;
         use std::net::SocketAddr;
         use tokio::io::AsyncWriteExt;
+        use tokio::net::TcpStream;
 
         async fn start(cli: Knobs) -> SocketAddr {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -113,6 +113,7 @@ pub async fn write_stream<W: AsyncWrite + Unpin>(
     }
 
     out.write_all(&head).await?;
+    out.flush().await?;
     let mut wire = Vec::new();
     for (index, payload) in events.iter().enumerate() {
         // Split pieces pause between events too, so that no read on the other
@@ -141,6 +142,7 @@ pub async fn write_stream<W: AsyncWrite + Unpin>(
                 wire.clear();
                 encode_chunk(&mut wire, &frame.bytes[start..end], chunked);
                 out.write_all(&wire).await?;
+                out.flush().await?;
                 start = end;
             }
             if is_last && chunked {
@@ -155,6 +157,9 @@ pub async fn write_stream<W: AsyncWrite + Unpin>(
             }
             trace.event_sent(now_ms());
             out.write_all(&wire).await?;
+            // Each event on the wire before the next pause: a TLS stream may hold a write's tail
+            // until flushed (a no-op on TCP).
+            out.flush().await?;
         }
     }
     if events.is_empty() && chunked {
