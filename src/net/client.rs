@@ -31,6 +31,8 @@ impl Response {
 pub enum ClientError {
     /// Could not connect or resolve.
     Connect(String),
+    /// The server's certificate was not accepted (or the handshake failed).
+    Tls(String),
     Timeout(String),
     /// Broken exchange after connecting.
     Io(String),
@@ -39,9 +41,10 @@ pub enum ClientError {
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ClientError::Connect(m) | ClientError::Timeout(m) | ClientError::Io(m) => {
-                f.write_str(m)
-            }
+            ClientError::Connect(m)
+            | ClientError::Tls(m)
+            | ClientError::Timeout(m)
+            | ClientError::Io(m) => f.write_str(m),
         }
     }
 }
@@ -56,10 +59,17 @@ fn connector() -> &'static Connector {
 fn classify(e: &pingora_error::Error, what: &str) -> ClientError {
     use pingora_error::ErrorType::*;
     let msg = format!("{what}: {}", e.etype().as_str());
+    // Connect and TLS failures carry their reason (the addresses tried, "UnknownIssuer"), which
+    // holds no request data; other errors are named by type only.
+    let detailed = || format!("{what}: {e}");
     match e.etype() {
-        ConnectTimedout | ReadTimedout | WriteTimedout => ClientError::Timeout(msg),
-        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
-        | TLSHandshakeFailure | InvalidCert | TLSHandshakeTimedout => ClientError::Connect(msg),
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            ClientError::Timeout(msg)
+        }
+        TLSHandshakeFailure | InvalidCert => ClientError::Tls(detailed()),
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure => {
+            ClientError::Connect(detailed())
+        }
         _ => ClientError::Io(msg),
     }
 }

@@ -318,16 +318,25 @@ pub async fn passthrough_call(
         inst.peer.verify_tls,
     )
     .await
-    .map_err(|e| match e {
-        ClientError::Timeout(_) => GatewayError::timeout(format!(
-            "the provider did not answer in time after {} ms",
-            inst.timeout.as_millis()
-        )),
-        ClientError::Connect(_) => {
-            GatewayError::bad_gateway("upstream_unreachable", "could not connect to the provider")
-        }
-        ClientError::Io(_) => {
-            GatewayError::bad_gateway("upstream_error", "invalid response from the provider")
+    .map_err(|e| {
+        // The proxy path's failures reach Pingora's error log; this call is the gateway's own.
+        log::warn!("passthrough call to instance {}: {e}", inst.name);
+        match e {
+            ClientError::Timeout(_) => GatewayError::timeout(format!(
+                "the provider did not answer in time after {} ms",
+                inst.timeout.as_millis()
+            )),
+            ClientError::Connect(_) => GatewayError::bad_gateway(
+                "upstream_unreachable",
+                "could not connect to the provider",
+            ),
+            ClientError::Tls(_) => GatewayError::bad_gateway(
+                "upstream_tls_error",
+                "TLS handshake with the provider failed",
+            ),
+            ClientError::Io(_) => {
+                GatewayError::bad_gateway("upstream_error", "invalid response from the provider")
+            }
         }
     })?;
     llm.first_token_at = Some(Instant::now());

@@ -356,11 +356,13 @@ fn passthroughs_llm_call_trusts_the_ca_file() {
     // Without the CA the LLM call is refused, and nothing reaches the upstream.
     let gw = Gateway::start(&route);
     let r = gw.chat("/anything", &chat_body("What is 1+1?"));
-    r.openai_error(502);
+    assert_eq!(r.openai_error(502)["code"], "upstream_tls_error");
     assert!(!r.text().contains(KEY), "{}", r.text());
     assert_eq!(llm.llm_requests().len(), 1);
     assert_eq!(echo.llm_requests().len(), 1);
-    assert!(!gw.error_log().contains(KEY));
+    let log = gw.error_log();
+    assert!(!log.contains(KEY));
+    assert!(log.contains("UnknownIssuer"), "{log}");
 }
 
 // ---------------------------------------------------------------------------------------------
