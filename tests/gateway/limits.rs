@@ -228,6 +228,15 @@ fn an_idle_keepalive_connection_is_closed_at_keepalive_timeout() {
         chat_body("again").to_string().as_bytes(),
     );
     assert_eq!(r.status, 200);
+    // Then idle: closed by the gateway after keepalive_timeout.
+    let idle_from = Instant::now();
+    assert!(c.wait_closed());
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(400) && idle < Duration::from_millis(1500),
+        "{idle:?}"
+    );
+    // The same after a request the gateway answered itself.
     let mut s = raw(gw.port);
     s.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
