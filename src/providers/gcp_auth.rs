@@ -201,10 +201,13 @@ impl GcpTokenSource {
         }
         let t: TokenResponse = serde_json::from_slice(&resp.body)
             .map_err(|_| format!("GCP token endpoint {ep} sent an unexpected answer"))?;
-        Ok((
-            t.access_token,
-            Duration::from_secs(t.expires_in.unwrap_or(3600)),
-        ))
+        // `expires_in` is the token endpoint's word: capped at a day, so `now + ttl` (the cache
+        // deadline) cannot overflow whatever it says. Google's tokens last an hour.
+        let lifetime = t
+            .expires_in
+            .unwrap_or(3600)
+            .min(crate::config::limits::MAX_SECS);
+        Ok((t.access_token, Duration::from_secs(lifetime)))
     }
 }
 
