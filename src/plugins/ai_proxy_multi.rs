@@ -97,6 +97,7 @@ impl AiProxyMulti {
                 keepalive_timeout_ms: conf.keepalive_timeout,
                 ssl_verify: conf.ssl_verify,
                 logging: conf.logging,
+                forward_client_authorization: conf.forward_client_authorization,
             };
             let llm = LlmInstance::build(spec, &ipath)?;
             if c.weight > limits::MAX_WEIGHT {

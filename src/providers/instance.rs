@@ -29,6 +29,7 @@ pub struct InstanceSpec<'a> {
     pub keepalive_timeout_ms: Option<u64>,
     pub ssl_verify: Option<bool>,
     pub logging: Option<LoggingConf>,
+    pub forward_client_authorization: Option<bool>,
 }
 
 pub struct LlmInstance {
@@ -48,6 +49,9 @@ pub struct LlmInstance {
     pub keepalive: bool,
     pub timeout: Duration,
     pub logging: LoggingConf,
+    /// Bring your own key (aigate's `forward_client_authorization`): a client's `Authorization`
+    /// is sent instead of the configured credentials.
+    pub forward_client_authorization: bool,
     credentials: Vec<String>,
 }
 
@@ -191,6 +195,7 @@ impl LlmInstance {
             keepalive,
             timeout,
             logging: spec.logging.unwrap_or_default(),
+            forward_client_authorization: spec.forward_client_authorization.unwrap_or(false),
             credentials,
         })
     }
