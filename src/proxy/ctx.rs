@@ -133,6 +133,8 @@ pub struct RequestCtx {
     pub client_gone: bool,
     /// Read the rest of a refused body before the connection is closed (see `request_filter`).
     pub drain_before_close: bool,
+    /// This attempt retries a stale pooled connection on a fresh one (`fallback::on_transport_error`).
+    pub stale_retry: bool,
 }
 
 impl RequestCtx {
@@ -156,6 +158,7 @@ impl RequestCtx {
             error: None,
             client_gone: false,
             drain_before_close: false,
+            stale_retry: false,
         }
     }
 }

@@ -98,9 +98,11 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        outbound::select_peer(ctx)
+        let mut peer = outbound::select_peer(ctx)
             .await
-            .map_err(|e| remember(ctx, e))
+            .map_err(|e| remember(ctx, e))?;
+        fallback::fresh_connection(&mut peer, ctx);
+        Ok(peer)
     }
 
     async fn upstream_request_filter(

@@ -265,7 +265,9 @@ pub async fn shape_request(
             http::header::CONTENT_LENGTH,
             HeaderValue::from(llm.upstream_body.len()),
         )?;
-        if !inst.keepalive {
+        // The retry after a stale pooled connection runs on a connection of its own (see
+        // `fallback::fresh_connection`), which must not be pooled afterwards.
+        if !inst.keepalive || ctx.stale_retry {
             set(
                 req,
                 http::header::CONNECTION,
@@ -493,7 +495,12 @@ pub fn classify_failure(e: &pingora_error::Error, ctx: &RequestCtx) -> Option<Ga
         .map(|l| l.instance.timeout.as_millis() as u64);
     let err = errors::classify(e, timeout_ms)?;
     // Several instances tried and none answered: that is the route failing, not one timeout.
-    if let Some(llm) = ctx.llm.as_ref().filter(|l| l.attempts > 1) {
+    // (A single instance's second attempt after a stale pooled connection is the same instance.)
+    if let Some(llm) = ctx
+        .llm
+        .as_ref()
+        .filter(|l| l.attempts > 1 && l.multi().is_some())
+    {
         if e.esource() == &pingora_error::ErrorSource::Upstream {
             return Some(GatewayError::bad_gateway(
                 "no_instance_answered",
