@@ -21,6 +21,8 @@ const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 const JWT_LIFETIME_SECS: u64 = 3600;
 const TOKEN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A token answer is a few hundred bytes.
+const MAX_TOKEN_RESPONSE: usize = 1024 * 1024;
 
 #[derive(Deserialize)]
 struct ServiceAccount {
@@ -190,6 +192,7 @@ impl GcpTokenSource {
             Bytes::from(form),
             TOKEN_CALL_TIMEOUT,
             true,
+            MAX_TOKEN_RESPONSE,
         )
         .await
         .map_err(|e| format!("GCP token request to {ep} failed: {e}"))?;

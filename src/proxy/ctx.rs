@@ -133,6 +133,8 @@ pub struct RequestCtx {
     pub client_gone: bool,
     /// Read the rest of a refused body before the connection is closed (see `request_filter`).
     pub drain_before_close: bool,
+    /// `gateway.max_body_size`: also bounds the provider answers the gateway reads whole.
+    pub max_body_size: u64,
     /// This attempt retries a stale pooled connection on a fresh one (`fallback::on_transport_error`).
     pub stale_retry: bool,
 }
@@ -158,6 +160,7 @@ impl RequestCtx {
             error: None,
             client_gone: false,
             drain_before_close: false,
+            max_body_size: crate::config::schema::DEFAULT_MAX_BODY_SIZE,
             stale_retry: false,
         }
     }

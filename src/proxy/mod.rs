@@ -49,7 +49,9 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        let mut ctx = RequestCtx::new();
+        ctx.max_body_size = self.max_body_size;
+        ctx
     }
 
     async fn early_request_filter(
@@ -164,11 +166,13 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response::on_client_header(upstream_response, ctx);
+        if response::on_client_header(upstream_response, ctx) {
+            replay::hold_header(session, &ctx.replay);
+        }
         Ok(())
     }
 
@@ -179,7 +183,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        response::on_body(body, end_of_stream, ctx);
+        response::on_body(body, end_of_stream, ctx).map_err(|e| remember(ctx, e))?;
         Ok(None)
     }
 

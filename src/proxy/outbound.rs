@@ -368,6 +368,7 @@ pub async fn passthrough_call(
     ctx: &mut RequestCtx,
 ) -> Result<Option<()>, GatewayError> {
     let request_id = ctx.request_id.clone();
+    let max_response = usize::try_from(ctx.max_body_size).unwrap_or(usize::MAX);
     let llm = ctx.llm.as_mut().expect("passthrough needs an LLM call");
     prepare_attempt(llm)?;
     let target = llm.target.as_ref().expect("set by prepare_attempt");
@@ -412,6 +413,7 @@ pub async fn passthrough_call(
         llm.upstream_body.clone(),
         inst.timeout,
         inst.peer.verify_tls,
+        max_response,
     )
     .await
     .map_err(|e| match e {
@@ -425,6 +427,7 @@ pub async fn passthrough_call(
         ClientError::Io(_) => {
             GatewayError::bad_gateway("upstream_error", "invalid response from the provider")
         }
+        ClientError::TooLarge(_) => super::response::too_large(max_response as u64),
     })?;
     llm.first_token_at = Some(Instant::now());
     let status = resp.status();
