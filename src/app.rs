@@ -71,10 +71,12 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
                 .map_err(|_| ConfigError::new(path, format!("{l:?} is not an ip:port address")))?,
         );
     }
-    if gw.max_body_size == 0 {
+    // Bodies (and the provider answers aigate must read whole) are held in memory.
+    let max_body = config::limits::MAX_BODY_SIZE;
+    if !(1..=max_body).contains(&gw.max_body_size) {
         return Err(ConfigError::new(
             "gateway.max_body_size",
-            "must be greater than 0",
+            format!("must be between 1 and {max_body} (bytes)"),
         ));
     }
     let access_log_format =

@@ -30,6 +30,7 @@ use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::{Backend, Backends};
 
+use crate::config::limits;
 use crate::config::schema::{ActiveCheckConf, PassiveCheckConf};
 use crate::net::connect::NameConnector;
 use crate::net::dns;
@@ -65,10 +66,8 @@ pub struct PassiveHealth {
 impl PassiveHealth {
     pub fn new(conf: Option<&PassiveCheckConf>) -> Result<PassiveHealth, String> {
         let u = conf.and_then(|c| c.unhealthy.as_ref());
-        let cooldown = conf.and_then(|c| c.cooldown).unwrap_or(10.0);
-        if !(cooldown >= 0.0 && cooldown.is_finite()) {
-            return Err("cooldown must be a number of seconds >= 0".into());
-        }
+        let cooldown = limits::secs_or_zero(conf.and_then(|c| c.cooldown).unwrap_or(10.0))
+            .map_err(|m| format!("cooldown {m}"))?;
         let statuses = u
             .and_then(|u| u.http_statuses.clone())
             .unwrap_or_else(|| vec![429, 500, 502, 503, 504]);
@@ -78,7 +77,7 @@ impl PassiveHealth {
             http_failures: u.and_then(|u| u.http_failures).unwrap_or(3).max(1),
             tcp_failures: u.and_then(|u| u.tcp_failures).unwrap_or(2).max(1),
             timeouts: u.and_then(|u| u.timeouts).unwrap_or(3).max(1),
-            cooldown: Duration::from_secs_f64(cooldown),
+            cooldown,
             consecutive: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
         })
@@ -94,11 +93,15 @@ impl PassiveHealth {
             Outcome::ConnectFailure => self.tcp_failures,
             Outcome::Timeout => self.timeouts,
         };
-        let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        // Saturating: with `cooldown: 0` the streak is never reset and may count past u32::MAX.
+        let n = self
+            .consecutive
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         if n >= threshold && !self.cooldown.is_zero() {
             self.consecutive.store(0, Ordering::Relaxed);
             self.down_until_ms.store(
-                now_ms() + self.cooldown.as_millis() as u64,
+                now_ms().saturating_add(self.cooldown.as_millis() as u64),
                 Ordering::Relaxed,
             );
             return true;
@@ -168,20 +171,12 @@ impl ActiveProbe {
         auth_query: &str,
     ) -> Result<ActiveProbe, String> {
         let kind = conf.type_.as_deref().unwrap_or("http");
-        let timeout = conf.timeout.unwrap_or(1.0);
-        if !(timeout > 0.0 && timeout.is_finite()) {
-            return Err("timeout must be a positive number of seconds".into());
-        }
-        let timeout = Duration::from_secs_f64(timeout);
+        let timeout =
+            limits::secs(conf.timeout.unwrap_or(1.0)).map_err(|m| format!("timeout {m}"))?;
         let healthy = conf.healthy.clone().unwrap_or_default();
         let unhealthy = conf.unhealthy.clone().unwrap_or_default();
         let secs = |v: Option<f64>, what: &str| -> Result<Duration, String> {
-            let v = v.unwrap_or(1.0);
-            if v > 0.0 && v.is_finite() {
-                Ok(Duration::from_secs_f64(v))
-            } else {
-                Err(format!("{what} must be a positive number of seconds"))
-            }
+            limits::secs(v.unwrap_or(1.0)).map_err(|m| format!("{what} {m}"))
         };
         let interval_healthy = secs(healthy.interval, "healthy.interval")?;
         let interval_unhealthy = secs(unhealthy.interval, "unhealthy.interval")?;
@@ -341,8 +336,10 @@ impl ActiveProbe {
         } else {
             self.interval_unhealthy
         };
-        self.next_due_ms
-            .store(now_ms() + interval.as_millis() as u64, Ordering::Relaxed);
+        self.next_due_ms.store(
+            now_ms().saturating_add(interval.as_millis() as u64),
+            Ordering::Relaxed,
+        );
         self.running.store(false, Ordering::Release);
     }
 }

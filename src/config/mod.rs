@@ -3,6 +3,7 @@
 //! reports semantic errors with the same kind of path.
 
 pub mod env;
+pub mod limits;
 pub mod schema;
 
 use std::fmt;
@@ -153,9 +154,7 @@ fn server_conf(raw: Option<&serde_yaml::Value>) -> Result<ServerConf, ConfigErro
     if !was_set("graceful_shutdown_timeout_seconds") {
         conf.graceful_shutdown_timeout_seconds = Some(60);
     }
-    if conf.threads == 0 {
-        return Err(ConfigError::new("server.threads", "must be at least 1"));
-    }
+    check_server_numbers(&conf)?;
     if let Some(path) = conf.ca_file.take() {
         crate::net::tls::check_ca_file(&path).map_err(|m| ConfigError::new("server.ca_file", m))?;
         // Connectors built after `-d` forked (the daemon changes to /) must read the same file.
@@ -179,6 +178,79 @@ fn server_conf(raw: Option<&serde_yaml::Value>) -> Result<ServerConf, ConfigErro
         }
     }
     Ok(conf)
+}
+
+/// Pingora's numbers that would panic or exhaust the machine at start-up rather than be refused:
+/// tokio panics on `max_blocking_threads: 0`, every thread is spawned up front, the upstream
+/// connection pool is preallocated for `upstream_keepalive_pool_size × threads` connections.
+fn check_server_numbers(conf: &ServerConf) -> Result<(), ConfigError> {
+    use limits::{MAX_KEEPALIVE_POOL, MAX_SECS, MAX_THREADS};
+    let err = |field: &str, msg: String| Err(ConfigError::new(format!("server.{field}"), msg));
+    if !(1..=MAX_THREADS).contains(&conf.threads) {
+        return err("threads", format!("must be between 1 and {MAX_THREADS}"));
+    }
+    if !(1..=MAX_THREADS).contains(&conf.listener_tasks_per_fd) {
+        return err(
+            "listener_tasks_per_fd",
+            format!("must be between 1 and {MAX_THREADS}"),
+        );
+    }
+    if conf
+        .upstream_keepalive_pool_size
+        .saturating_mul(conf.threads)
+        > MAX_KEEPALIVE_POOL
+    {
+        return err(
+            "upstream_keepalive_pool_size",
+            format!(
+                "times threads must be at most {MAX_KEEPALIVE_POOL} (the pool is preallocated)"
+            ),
+        );
+    }
+    if conf
+        .max_blocking_threads
+        .is_some_and(|n| !(1..=MAX_THREADS).contains(&n))
+    {
+        return err(
+            "max_blocking_threads",
+            format!("must be between 1 and {MAX_THREADS}"),
+        );
+    }
+    for (name, pools, per_pool) in [
+        (
+            "upstream_connect_offload",
+            conf.upstream_connect_offload_threadpools,
+            conf.upstream_connect_offload_thread_per_pool,
+        ),
+        (
+            "downstream_tls_offload",
+            conf.downstream_tls_offload_threadpools,
+            conf.downstream_tls_offload_thread_per_pool,
+        ),
+    ] {
+        if pools.unwrap_or(0).saturating_mul(per_pool.unwrap_or(0)) > MAX_THREADS {
+            return err(
+                &format!("{name}_threadpools"),
+                format!("times {name}_thread_per_pool must be at most {MAX_THREADS}"),
+            );
+        }
+    }
+    for (field, v) in [
+        ("grace_period_seconds", conf.grace_period_seconds),
+        (
+            "graceful_shutdown_timeout_seconds",
+            conf.graceful_shutdown_timeout_seconds,
+        ),
+        (
+            "blocking_threads_ttl_seconds",
+            conf.blocking_threads_ttl_seconds,
+        ),
+    ] {
+        if v.is_some_and(|s| s > MAX_SECS) {
+            return err(field, format!("must be at most {MAX_SECS} (seconds)"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

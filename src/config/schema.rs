@@ -323,6 +323,9 @@ pub struct AiProxyConf {
     /// Older schema: send the LLM's answer on to the route's upstream.
     #[serde(default)]
     pub passthrough: Option<bool>,
+    /// aigate: bring your own key (see `AiProxyMultiConf`).
+    #[serde(default)]
+    pub forward_client_authorization: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -497,6 +500,11 @@ pub struct AiProxyMultiConf {
     pub ssl_verify: Option<bool>,
     #[serde(default)]
     pub logging: Option<LoggingConf>,
+    /// aigate (default false): send the client's own `Authorization` to the provider instead of
+    /// the configured credentials; without one, the configured auth is used. Every other client
+    /// credential is still stripped.
+    #[serde(default)]
+    pub forward_client_authorization: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,6 +1,7 @@
 //! A minimal outbound HTTP client on Pingora's own connector (and its connection pool), for the
 //! calls the gateway makes itself: the GCP token exchange and the first hop of `passthrough`.
-//! Responses are small JSON documents, so they are read whole (bounded).
+//! Responses are read whole, up to a limit the caller gives (`gateway.max_body_size` for LLM
+//! answers): beyond it the call fails with `TooLarge` instead of growing without bound.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -12,9 +13,6 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use super::dns;
 use super::endpoint::Endpoint;
 use super::peer::{http_peer, PeerOptions};
-
-/// Answers bigger than this are refused (these are token and chat documents, not downloads).
-const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
 pub struct Response {
     pub header: ResponseHeader,
@@ -36,6 +34,8 @@ pub enum ClientError {
     Timeout(String),
     /// Broken exchange after connecting.
     Io(String),
+    /// The answer's body is larger than the caller's limit.
+    TooLarge(String),
 }
 
 impl std::fmt::Display for ClientError {
@@ -44,7 +44,8 @@ impl std::fmt::Display for ClientError {
             ClientError::Connect(m)
             | ClientError::Tls(m)
             | ClientError::Timeout(m)
-            | ClientError::Io(m) => f.write_str(m),
+            | ClientError::Io(m)
+            | ClientError::TooLarge(m) => f.write_str(m),
         }
     }
 }
@@ -74,7 +75,9 @@ fn classify(e: &pingora_error::Error, what: &str) -> ClientError {
     }
 }
 
-/// Send one request and read the whole answer. `path_and_query` is sent as-is.
+/// Send one request and read the whole answer, at most `max_response` bytes of body.
+/// `path_and_query` is sent as-is.
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     endpoint: &Endpoint,
     method: &str,
@@ -83,6 +86,7 @@ pub async fn send(
     body: Bytes,
     timeout: Duration,
     verify_tls: bool,
+    max_response: usize,
 ) -> Result<Response, ClientError> {
     let resolved = dns::resolve(&endpoint.host)
         .await
@@ -145,8 +149,10 @@ pub async fn send(
             .await
             .map_err(|e| classify(&e, &what))?
         {
-            if buf.len() + chunk.len() > MAX_RESPONSE {
-                return Err(ClientError::Io(format!("{what}: response too large")));
+            if buf.len().saturating_add(chunk.len()) > max_response {
+                return Err(ClientError::TooLarge(format!(
+                    "{what}: response larger than {max_response} bytes"
+                )));
             }
             buf.extend_from_slice(&chunk);
         }

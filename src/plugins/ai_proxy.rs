@@ -60,6 +60,7 @@ impl AiProxy {
             keepalive_timeout_ms: conf.keepalive_timeout,
             ssl_verify: conf.ssl_verify,
             logging: conf.logging,
+            forward_client_authorization: conf.forward_client_authorization,
         };
         let instance = LlmInstance::build(spec, path)?;
         Ok(AiProxy {

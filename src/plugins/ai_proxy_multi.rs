@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use crate::balancer::health::{ActiveProbe, Outcome, PassiveHealth};
 use crate::balancer::tiered::{Algorithm, Member, TieredBalancer};
+use crate::config::schema::ChecksConf;
 use crate::config::schema::{AiProxyMultiConf, OneOrMany};
-use crate::config::ConfigError;
+use crate::config::{limits, ConfigError};
 use crate::providers::instance::{InstanceSpec, LlmInstance};
 use crate::router::vars::Variable;
 use crate::router::RequestView;
@@ -96,9 +97,19 @@ impl AiProxyMulti {
                 keepalive_timeout_ms: conf.keepalive_timeout,
                 ssl_verify: conf.ssl_verify,
                 logging: conf.logging,
+                forward_client_authorization: conf.forward_client_authorization,
             };
             let llm = LlmInstance::build(spec, &ipath)?;
+            if c.weight > limits::MAX_WEIGHT {
+                return Err(ConfigError::new(
+                    format!("{ipath}.weight"),
+                    format!("must be between 0 and {}", limits::MAX_WEIGHT),
+                ));
+            }
             let checks = c.checks.as_ref();
+            if let Some(checks) = checks {
+                check_health_numbers(checks, &format!("{ipath}.checks"))?;
+            }
             let active = match checks.and_then(|c| c.active.as_ref()) {
                 Some(a) => Some(Arc::new(
                     ActiveProbe::new(
@@ -179,17 +190,38 @@ impl AiProxyMulti {
             }
             fallback_statuses[*s as usize] = true;
         }
-        if conf.retry_on_failure_within_ms == Some(0) {
-            return Err(err(
-                ".retry_on_failure_within_ms",
-                "must be at least 1".into(),
-            ));
-        }
-        let n = instances.len() as u32;
+        let retry_within = match conf.retry_on_failure_within_ms {
+            Some(ms) => {
+                Some(limits::millis(ms, 1).map_err(|m| err(".retry_on_failure_within_ms", m))?)
+            }
+            None => None,
+        };
+        let n = u32::try_from(instances.len()).unwrap_or(u32::MAX);
+        // Retries beyond the instances are meaningless: any number is accepted and capped.
         let max_attempts = match conf.max_retries {
-            Some(r) => (r + 1).min(n),
+            Some(r) => r.saturating_add(1).min(n),
             None => n,
         };
+        if algorithm == Algorithm::Chash {
+            // Each unit of weight is 160 points on the ketama ring (a u32-sized ring that is
+            // built at load): keep one tier's ring bounded.
+            let mut tiers: std::collections::BTreeMap<i64, u64> = Default::default();
+            for i in &instances {
+                *tiers.entry(i.priority).or_default() += u64::from(i.weight);
+            }
+            if let Some((p, w)) = tiers
+                .iter()
+                .find(|(_, w)| **w > limits::MAX_CHASH_TIER_WEIGHT)
+            {
+                return Err(err(
+                    ".instances",
+                    format!(
+                        "with balancer chash, the weights of one priority tier may add up to at most {}; priority {p} has {w}",
+                        limits::MAX_CHASH_TIER_WEIGHT
+                    ),
+                ));
+            }
+        }
 
         let members: Vec<Member> = instances
             .iter()
@@ -206,7 +238,7 @@ impl AiProxyMulti {
             remote_addr: Variable::parse("remote_addr").expect("known variable"),
             fallback_statuses,
             max_attempts,
-            retry_within: conf.retry_on_failure_within_ms.map(Duration::from_millis),
+            retry_within,
         })
     }
 
@@ -272,6 +304,55 @@ impl AiProxyMulti {
     pub fn probes(&self) -> impl Iterator<Item = &Arc<ActiveProbe>> {
         self.instances.iter().filter_map(|i| i.active.as_ref())
     }
+}
+
+/// The numbers of `checks`, each refused with its own path (the health module builds probes from
+/// them and would otherwise only name `checks.active`).
+fn check_health_numbers(checks: &ChecksConf, path: &str) -> Result<(), ConfigError> {
+    let at = |f: &str, m: String| ConfigError::new(format!("{path}.{f}"), m);
+    let statuses = |list: Option<&Vec<u16>>, f: &str| -> Result<(), ConfigError> {
+        for (i, s) in list.into_iter().flatten().enumerate() {
+            if !(100..=599).contains(s) {
+                return Err(at(
+                    &format!("{f}[{i}]"),
+                    format!("{s} is not an HTTP status"),
+                ));
+            }
+        }
+        Ok(())
+    };
+    if let Some(a) = &checks.active {
+        if let Some(t) = a.timeout {
+            limits::secs(t).map_err(|m| at("active.timeout", m))?;
+        }
+        if a.port == Some(0) {
+            return Err(at("active.port", "must be between 1 and 65535".into()));
+        }
+        if let Some(h) = &a.healthy {
+            if let Some(v) = h.interval {
+                limits::secs(v).map_err(|m| at("active.healthy.interval", m))?;
+            }
+            statuses(h.http_statuses.as_ref(), "active.healthy.http_statuses")?;
+        }
+        if let Some(u) = &a.unhealthy {
+            if let Some(v) = u.interval {
+                limits::secs(v).map_err(|m| at("active.unhealthy.interval", m))?;
+            }
+            statuses(u.http_statuses.as_ref(), "active.unhealthy.http_statuses")?;
+        }
+    }
+    if let Some(p) = &checks.passive {
+        if let Some(v) = p.cooldown {
+            limits::secs_or_zero(v).map_err(|m| at("passive.cooldown", m))?;
+        }
+        if let Some(h) = &p.healthy {
+            statuses(h.http_statuses.as_ref(), "passive.healthy.http_statuses")?;
+        }
+        if let Some(u) = &p.unhealthy {
+            statuses(u.http_statuses.as_ref(), "passive.unhealthy.http_statuses")?;
+        }
+    }
+    Ok(())
 }
 
 fn parse_hash_on(hash_on: Option<&str>, key: Option<&str>) -> Result<HashOn, String> {

@@ -21,6 +21,8 @@ const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 const JWT_LIFETIME_SECS: u64 = 3600;
 const TOKEN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A token answer is a few hundred bytes.
+const MAX_TOKEN_RESPONSE: usize = 1024 * 1024;
 
 #[derive(Deserialize)]
 struct ServiceAccount {
@@ -190,6 +192,7 @@ impl GcpTokenSource {
             Bytes::from(form),
             TOKEN_CALL_TIMEOUT,
             true,
+            MAX_TOKEN_RESPONSE,
         )
         .await
         .map_err(|e| format!("GCP token request to {ep} failed: {e}"))?;
@@ -201,10 +204,13 @@ impl GcpTokenSource {
         }
         let t: TokenResponse = serde_json::from_slice(&resp.body)
             .map_err(|_| format!("GCP token endpoint {ep} sent an unexpected answer"))?;
-        Ok((
-            t.access_token,
-            Duration::from_secs(t.expires_in.unwrap_or(3600)),
-        ))
+        // `expires_in` is the token endpoint's word: capped at a day, so `now + ttl` (the cache
+        // deadline) cannot overflow whatever it says. Google's tokens last an hour.
+        let lifetime = t
+            .expires_in
+            .unwrap_or(3600)
+            .min(crate::config::limits::MAX_SECS);
+        Ok((t.access_token, Duration::from_secs(lifetime)))
     }
 }
 

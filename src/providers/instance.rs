@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue};
 use super::gcp_auth::GcpTokenSource;
 use super::{driver, vertex_ai, Provider};
 use crate::config::schema::{AuthConf, LoggingConf, ProviderConf, ProviderName};
-use crate::config::ConfigError;
+use crate::config::{limits, ConfigError};
 use crate::llm::request::{BodyOptions, LlmRequest};
 use crate::net::endpoint::{encode_query_component, Endpoint};
 use crate::net::peer::PeerOptions;
@@ -29,6 +29,7 @@ pub struct InstanceSpec<'a> {
     pub keepalive_timeout_ms: Option<u64>,
     pub ssl_verify: Option<bool>,
     pub logging: Option<LoggingConf>,
+    pub forward_client_authorization: Option<bool>,
 }
 
 pub struct LlmInstance {
@@ -48,6 +49,9 @@ pub struct LlmInstance {
     pub keepalive: bool,
     pub timeout: Duration,
     pub logging: LoggingConf,
+    /// Bring your own key (aigate's `forward_client_authorization`): a client's `Authorization`
+    /// is sent instead of the configured credentials.
+    pub forward_client_authorization: bool,
     credentials: Vec<String>,
 }
 
@@ -149,28 +153,30 @@ impl LlmInstance {
             encode_query_component(v, &mut auth_query);
         }
         let gcp = match &spec.auth.gcp {
-            Some(g) => Some(GcpTokenSource::for_conf(g).map_err(|m| err(".auth.gcp", m))?),
+            Some(g) => {
+                // APISIX: max_ttl >= 1, expire_early_secs >= 0; both at most a day here, so the
+                // cache deadline (`now + ttl`) can never overflow.
+                if let Some(v) = g.max_ttl {
+                    limits::whole_secs(v, 1).map_err(|m| err(".auth.gcp.max_ttl", m))?;
+                }
+                if let Some(v) = g.expire_early_secs {
+                    limits::whole_secs(v, 0).map_err(|m| err(".auth.gcp.expire_early_secs", m))?;
+                }
+                Some(GcpTokenSource::for_conf(g).map_err(|m| err(".auth.gcp", m))?)
+            }
             None => None,
         };
 
-        let timeout_ms = spec.timeout_ms.unwrap_or(30_000);
-        if timeout_ms == 0 {
-            return Err(err(".timeout", "must be at least 1 (milliseconds)".into()));
-        }
-        let keepalive_timeout_ms = spec.keepalive_timeout_ms.unwrap_or(60_000);
-        if keepalive_timeout_ms < 1000 {
-            return Err(err(
-                ".keepalive_timeout",
-                "must be at least 1000 (milliseconds)".into(),
-            ));
-        }
+        let timeout =
+            limits::millis(spec.timeout_ms.unwrap_or(30_000), 1).map_err(|m| err(".timeout", m))?;
+        let keepalive_timeout = limits::millis(spec.keepalive_timeout_ms.unwrap_or(60_000), 1000)
+            .map_err(|m| err(".keepalive_timeout", m))?;
         let keepalive = spec.keepalive.unwrap_or(true);
-        let timeout = Duration::from_millis(timeout_ms);
         let peer = PeerOptions {
             connect_timeout: timeout,
             read_timeout: timeout,
             write_timeout: timeout,
-            idle_timeout: keepalive.then(|| Duration::from_millis(keepalive_timeout_ms)),
+            idle_timeout: keepalive.then_some(keepalive_timeout),
             verify_tls: spec.ssl_verify.unwrap_or(true),
         };
 
@@ -189,6 +195,7 @@ impl LlmInstance {
             keepalive,
             timeout,
             logging: spec.logging.unwrap_or_default(),
+            forward_client_authorization: spec.forward_client_authorization.unwrap_or(false),
             credentials,
         })
     }

@@ -135,6 +135,10 @@ pub struct RequestCtx {
     pub drain_before_close: bool,
     /// The request body could not be read: answer, then close (no keep-alive).
     pub close_connection: bool,
+    /// `gateway.max_body_size`: also bounds the provider answers the gateway reads whole.
+    pub max_body_size: u64,
+    /// This attempt retries a stale pooled connection on a fresh one (`fallback::on_transport_error`).
+    pub stale_retry: bool,
 }
 
 impl RequestCtx {
@@ -159,6 +163,8 @@ impl RequestCtx {
             client_gone: false,
             drain_before_close: false,
             close_connection: false,
+            max_body_size: crate::config::schema::DEFAULT_MAX_BODY_SIZE,
+            stale_retry: false,
         }
     }
 }

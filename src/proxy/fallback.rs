@@ -8,7 +8,10 @@
 //! retry a POST. Each retry calls `upstream_peer` again, which picks the next untried instance
 //! and rewrites the body for it; the replay session hands the whole body to every attempt.
 
-use pingora_error::{Error, ErrorSource, ErrorType};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, RetryType};
 use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
@@ -81,11 +84,66 @@ pub fn on_transport_error(
                     }
                     retry
                 }
-                // A single instance is never retried.
+                // A single instance is retried only when a stale pooled connection failed.
+                (None, _) => {
+                    let stale = stale_connection(&e, client_reused)
+                        && !answered
+                        && ctx.upstream_header_at.is_none()
+                        && !ctx.stale_retry;
+                    if stale {
+                        log::info!(
+                            "instance {}: a pooled connection failed before answering ({}); retrying once on a fresh connection (request {})",
+                            llm.instance.name,
+                            e.etype().as_str(),
+                            ctx.request_id
+                        );
+                        ctx.stale_retry = true;
+                    }
+                    stale
+                }
                 _ => false,
             };
             e.set_retry(retry);
         }
     }
     e
+}
+
+/// A reused (pooled) upstream connection that failed before a single byte of the answer came
+/// back: the provider had closed it while it sat idle (or reset it when the request arrived).
+/// Nothing was processed, and the replay session hands the whole body to every attempt, so one
+/// more attempt is safe. Pingora marks exactly these failures `ReusedOnly`; its message says
+/// how many bytes of the response header had been read, and any byte means the answer had
+/// started. A failed write of the request on a reused connection also means the provider never
+/// got the whole request.
+fn stale_connection(e: &Error, client_reused: bool) -> bool {
+    if !client_reused || e.esource() != &ErrorSource::Upstream {
+        return false;
+    }
+    match (&e.retry, e.etype()) {
+        (RetryType::ReusedOnly, _) => {
+            // The message may sit deeper in the chain (`error_while_proxy` adds the peer).
+            let text = e.to_string();
+            match text.rsplit_once("bytes already read: ") {
+                Some((_, n)) => {
+                    n.starts_with('0') && !n[1..].starts_with(|c: char| c.is_ascii_digit())
+                }
+                None => true,
+            }
+        }
+        (_, ErrorType::WriteError) => true,
+        _ => false,
+    }
+}
+
+/// `upstream_peer`: the retry after a stale pooled connection must not pick another pooled one
+/// (a provider that dropped one idle connection has likely dropped the others too). The group
+/// key is part of Pingora's pool key, so a key no pooled connection has forces a new
+/// connection; that attempt says `Connection: close` (`shape_request`), so nothing is ever
+/// pooled under it.
+pub fn fresh_connection(peer: &mut HttpPeer, ctx: &RequestCtx) {
+    static FRESH: AtomicU64 = AtomicU64::new(1);
+    if ctx.stale_retry {
+        peer.group_key = FRESH.fetch_add(1, Ordering::Relaxed);
+    }
 }

@@ -52,7 +52,9 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        let mut ctx = RequestCtx::new();
+        ctx.max_body_size = self.max_body_size;
+        ctx
     }
 
     async fn early_request_filter(
@@ -105,9 +107,11 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        outbound::select_peer(ctx)
+        let mut peer = outbound::select_peer(ctx)
             .await
-            .map_err(|e| remember(ctx, e))
+            .map_err(|e| remember(ctx, e))?;
+        fallback::fresh_connection(&mut peer, ctx);
+        Ok(peer)
     }
 
     async fn connected_to_upstream(
@@ -196,11 +200,13 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response::on_client_header(upstream_response, ctx);
+        if response::on_client_header(upstream_response, ctx) {
+            replay::hold_header(session, &ctx.replay);
+        }
         Ok(())
     }
 
@@ -211,7 +217,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        response::on_body(body, end_of_stream, ctx);
+        response::on_body(body, end_of_stream, ctx).map_err(|e| remember(ctx, e))?;
         Ok(None)
     }
 

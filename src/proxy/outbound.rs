@@ -18,6 +18,7 @@ use crate::llm::sse::{SseTap, SseTapOptions};
 use crate::net::client::{self, ClientError};
 use crate::net::dns;
 use crate::net::peer::http_peer;
+use crate::providers::instance::LlmInstance;
 use crate::providers::vertex_ai;
 use crate::store::upstream::PassHost;
 
@@ -33,6 +34,75 @@ const DROP_HEADERS: &[&str] = &[
     "expect",
     "content-length",
 ];
+
+/// A client's credentials for the gateway (or for the site it came from). A provider is a third
+/// party: none of them is sent to it, whatever the provider kind; the configured auth is (or, with
+/// `forward_client_authorization`, the client's own `Authorization`). `apikey` is key-auth's
+/// default header. APISIX forwards every client header; LiteLLM forwards client headers only on
+/// opt-in; aigate takes LiteLLM's side for credentials and forwards the rest (`OpenAI-Organization`,
+/// `anthropic-version`, `User-Agent`, tracing headers...). The client's query string never reaches
+/// a provider either: the upstream URI is the endpoint's path and query plus `auth.query`.
+///
+/// Plain `upstream` routes (and the second hop of `passthrough`) are a reverse proxy to the
+/// operator's own service: there every client header is forwarded, as in APISIX.
+const CLIENT_CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "apikey",
+    "cookie",
+];
+
+/// Headers of the client's request the passthrough first hop does not copy: hop-by-hop ones
+/// (Pingora strips them from the proxied requests; this hop is the gateway's own), those it
+/// computes itself, and `Accept-Encoding` (a compressed answer would hide its usage).
+const PASSTHROUGH_SKIP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+    "expect",
+    "host",
+    "content-length",
+    "content-type",
+    "accept-encoding",
+    "x-request-id",
+];
+
+/// The client's `Authorization` when the instance lets clients bring their own key.
+fn byok_authorization(inst: &LlmInstance, client: &RequestHeader) -> Option<HeaderValue> {
+    if !inst.forward_client_authorization {
+        return None;
+    }
+    let mut v = client.headers.get(http::header::AUTHORIZATION)?.clone();
+    v.set_sensitive(true);
+    Some(v)
+}
+
+/// The credentials a provider request carries: the client's own `Authorization` (bring your own
+/// key), or else the instance's configured headers and GCP token. With the client's key, none of
+/// the configured credentials is sent (headers, `auth.query`, GCP token): the gateway's account
+/// is never billed for, nor mixed into, a call made with the client's key.
+async fn provider_auth(
+    llm: &LlmCall,
+    byok: Option<HeaderValue>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, GatewayError> {
+    if let Some(v) = byok {
+        return Ok(vec![(http::header::AUTHORIZATION, v)]);
+    }
+    let mut out = llm.instance.auth_headers.clone();
+    if let Some(v) = gcp_header(llm).await? {
+        out.push((http::header::AUTHORIZATION, v));
+    }
+    Ok(out)
+}
 
 /// Rewrite the body and pick the endpoint for the current attempt on `llm.instance`. Every
 /// attempt starts again from the client's body, so nothing of an earlier attempt leaks into it.
@@ -162,8 +232,14 @@ pub async fn shape_request(
             .as_ref()
             .ok_or_else(|| GatewayError::internal("no target"))?;
         let inst = &llm.instance;
+        let byok = byok_authorization(inst, session.req_header());
+        for h in CLIENT_CREDENTIAL_HEADERS {
+            req.remove_header(*h);
+        }
         req.set_method(http::Method::POST);
-        let uri = target.endpoint.path_and_query(&inst.auth_query);
+        // Built from the endpoint alone: the client's own query (`?key=`...) is not forwarded.
+        let auth_query = if byok.is_some() { "" } else { &inst.auth_query };
+        let uri = target.endpoint.path_and_query(auth_query);
         req.set_uri(
             uri.parse()
                 .map_err(|_| GatewayError::internal("invalid upstream uri"))?,
@@ -176,11 +252,8 @@ pub async fn shape_request(
             HeaderValue::from_str(&target.endpoint.authority())
                 .map_err(|_| GatewayError::internal("bad host"))?,
         )?;
-        for (k, v) in &inst.auth_headers {
-            set(req, k.clone(), v.clone())?;
-        }
-        if let Some(v) = gcp_header(llm).await? {
-            set(req, http::header::AUTHORIZATION, v)?;
+        for (k, v) in provider_auth(llm, byok).await? {
+            set(req, k, v)?;
         }
         set(
             req,
@@ -192,7 +265,9 @@ pub async fn shape_request(
             http::header::CONTENT_LENGTH,
             HeaderValue::from(llm.upstream_body.len()),
         )?;
-        if !inst.keepalive {
+        // The retry after a stale pooled connection runs on a connection of its own (see
+        // `fallback::fresh_connection`), which must not be pooled afterwards.
+        if !inst.keepalive || ctx.stale_retry {
             set(
                 req,
                 http::header::CONNECTION,
@@ -293,14 +368,36 @@ pub async fn passthrough_call(
     ctx: &mut RequestCtx,
 ) -> Result<Option<()>, GatewayError> {
     let request_id = ctx.request_id.clone();
+    let max_response = usize::try_from(ctx.max_body_size).unwrap_or(usize::MAX);
     let llm = ctx.llm.as_mut().expect("passthrough needs an LLM call");
     prepare_attempt(llm)?;
     let target = llm.target.as_ref().expect("set by prepare_attempt");
     let inst = llm.instance.clone();
-    let mut headers = inst.auth_headers.clone();
-    if let Some(v) = gcp_header(llm).await? {
-        headers.push((http::header::AUTHORIZATION, v));
-    }
+    // The same headers a plain ai-proxy call sends: the client's, minus hop-by-hop ones and every
+    // client credential, plus the provider's auth.
+    let client = session.req_header();
+    let byok = byok_authorization(&inst, client);
+    let nominated: Vec<String> = client
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let mut headers: Vec<(HeaderName, HeaderValue)> = client
+        .headers
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.as_str();
+            !CLIENT_CREDENTIAL_HEADERS.contains(&k)
+                && !PASSTHROUGH_SKIP.contains(&k)
+                && !nominated.iter().any(|n| n == k)
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let auth_query = if byok.is_some() { "" } else { &inst.auth_query };
+    headers.extend(provider_auth(llm, byok).await?);
     headers.push((
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -311,11 +408,12 @@ pub async fn passthrough_call(
     let resp = client::send(
         &target.endpoint,
         "POST",
-        &target.endpoint.path_and_query(&inst.auth_query),
+        &target.endpoint.path_and_query(auth_query),
         &headers,
         llm.upstream_body.clone(),
         inst.timeout,
         inst.peer.verify_tls,
+        max_response,
     )
     .await
     .map_err(|e| {
@@ -337,6 +435,7 @@ pub async fn passthrough_call(
             ClientError::Io(_) => {
                 GatewayError::bad_gateway("upstream_error", "invalid response from the provider")
             }
+            ClientError::TooLarge(_) => super::response::too_large(max_response as u64),
         }
     })?;
     llm.first_token_at = Some(Instant::now());
@@ -408,7 +507,12 @@ pub fn classify_failure(e: &pingora_error::Error, ctx: &RequestCtx) -> Option<Ga
         .map(|l| l.instance.timeout.as_millis() as u64);
     let err = errors::classify(e, timeout_ms)?;
     // Several instances tried and none answered: that is the route failing, not one timeout.
-    if let Some(llm) = ctx.llm.as_ref().filter(|l| l.attempts > 1) {
+    // (A single instance's second attempt after a stale pooled connection is the same instance.)
+    if let Some(llm) = ctx
+        .llm
+        .as_ref()
+        .filter(|l| l.attempts > 1 && l.multi().is_some())
+    {
         if e.esource() == &pingora_error::ErrorSource::Upstream {
             return Some(GatewayError::bad_gateway(
                 "no_instance_answered",

@@ -14,6 +14,11 @@
 //!
 //! In `logging`, which Pingora always runs before finishing the request, the real session is put
 //! back, so the connection's keep-alive handling is the stock HTTP/1 one.
+//!
+//! The wrapper can also hold the response header back until the body is complete
+//! (`hold_header`): an answer the gateway must read whole before it can rewrite it (Vertex AI
+//! `:predict`) may still turn out unusable (too large, cut off), and then the client gets the
+//! gateway's error with its own status instead of a 200 followed by a broken body.
 
 use std::time::Duration;
 
@@ -33,6 +38,9 @@ pub struct ReplaySession {
     inner: Option<ServerSession>,
     body: Bytes,
     replayed: bool,
+    /// Hold the next response header back until the body is complete (see `hold_header`).
+    hold: bool,
+    held: Option<Box<ResponseHeader>>,
 }
 
 /// Identifies the installed wrapper so `restore` can be sure the custom session it finds is the
@@ -52,43 +60,85 @@ pub fn install(session: &mut pingora_proxy::Session, body: Bytes) -> ReplayToken
         inner: None,
         body: Bytes::new(),
         replayed: true,
+        hold: false,
+        held: None,
     }));
     let real = std::mem::replace(&mut *session.downstream_session, placeholder);
     let wrapper = Box::new(ReplaySession {
         inner: Some(real),
         body,
         replayed: false,
+        hold: false,
+        held: None,
     });
     let token = ReplayToken(&*wrapper as *const ReplaySession as usize);
     *session.downstream_session = ServerSession::new_custom(wrapper);
     token
 }
 
-/// Put the real downstream session back (keep-alive, connection reuse).
-pub fn restore(session: &mut pingora_proxy::Session, token: &mut ReplayToken) {
+/// The installed wrapper, if `token` names the session's current downstream.
+fn installed<'a>(
+    session: &'a mut pingora_proxy::Session,
+    token: &ReplayToken,
+) -> Option<&'a mut ReplaySession> {
     if !token.is_installed() {
-        return;
+        return None;
     }
-    let ds: &mut ServerSession = &mut session.downstream_session;
-    let ServerSession::Custom(custom) = ds else {
-        return;
+    let ServerSession::Custom(custom) = &mut *session.downstream_session else {
+        return None;
     };
     let ptr = (&mut **custom) as *mut dyn CustomSession as *mut ReplaySession;
     if ptr as usize != token.0 {
-        return;
+        return None;
     }
     // SAFETY: `ptr` is the address of the live boxed `ReplaySession` that `install` created and
     // recorded in `token` (only `install` puts a custom session into a request, and the box has
     // not moved since: boxes keep their heap address). Casting the trait object's data pointer
-    // back to its concrete type is therefore sound, and we hold `&mut` to the session.
-    let replay: &mut ReplaySession = unsafe { &mut *ptr };
+    // back to its concrete type is therefore sound, and the returned borrow is tied to the
+    // `&mut` borrow of the session.
+    Some(unsafe { &mut *ptr })
+}
+
+/// Put the real downstream session back (keep-alive, connection reuse).
+pub fn restore(session: &mut pingora_proxy::Session, token: &mut ReplayToken) {
+    let Some(replay) = installed(session, token) else {
+        return;
+    };
     if let Some(real) = replay.inner.take() {
-        *ds = real;
+        *session.downstream_session = real;
     }
     *token = ReplayToken::default();
 }
 
+/// Keep the response header that is about to be written from the client until a body chunk with
+/// content (or the end of the body) follows it. Until then nothing has been answered
+/// (`response_written()` is `None`), so a failure in between is answered with the gateway's own
+/// error; a second header (that error) replaces the held one.
+pub fn hold_header(session: &mut pingora_proxy::Session, token: &ReplayToken) {
+    if let Some(replay) = installed(session, token) {
+        replay.hold = true;
+    }
+}
+
 impl ReplaySession {
+    /// Whether a header about to be written is held back: the first one after `hold_header`, if
+    /// a body may follow. A later header (the gateway's error) replaces a held one and goes out.
+    fn hold_this_header(&mut self, end: bool) -> bool {
+        if self.held.take().is_some() {
+            self.hold = false;
+            return false;
+        }
+        self.hold && !end && self.s().response_written().is_none()
+    }
+
+    async fn release_header(&mut self) -> Result<()> {
+        self.hold = false;
+        match self.held.take() {
+            Some(h) => self.m().write_response_header(h).await,
+            None => Ok(()),
+        }
+    }
+
     fn s(&self) -> &ServerSession {
         self.inner
             .as_ref()
@@ -124,6 +174,10 @@ impl CustomSession for ReplaySession {
     }
 
     async fn write_response_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> Result<()> {
+        if self.hold_this_header(end) {
+            self.held = Some(resp);
+            return Ok(());
+        }
         self.m().write_response_header(resp).await?;
         if end {
             self.m().finish_body().await?;
@@ -132,6 +186,10 @@ impl CustomSession for ReplaySession {
     }
 
     async fn write_response_header_ref(&mut self, resp: &ResponseHeader, end: bool) -> Result<()> {
+        if self.hold_this_header(end) {
+            self.held = Some(Box::new(resp.clone()));
+            return Ok(());
+        }
         self.m().write_response_header_ref(resp).await?;
         if end {
             self.m().finish_body().await?;
@@ -140,6 +198,12 @@ impl CustomSession for ReplaySession {
     }
 
     async fn write_body(&mut self, data: Bytes, end: bool) -> Result<()> {
+        if self.held.is_some() {
+            if data.is_empty() && !end {
+                return Ok(());
+            }
+            self.release_header().await?;
+        }
         self.m().write_response_body(data, end).await
     }
 
@@ -148,7 +212,32 @@ impl CustomSession for ReplaySession {
     }
 
     async fn response_duplex_vec(&mut self, tasks: Vec<HttpTask>) -> Result<bool> {
-        self.m().response_duplex_vec(tasks).await
+        if !self.hold && self.held.is_none() {
+            return self.m().response_duplex_vec(tasks).await;
+        }
+        let mut out = Vec::with_capacity(tasks.len() + 1);
+        for task in tasks {
+            match task {
+                HttpTask::Header(h, end) if self.hold_this_header(end) => self.held = Some(h),
+                // Nothing for the client yet: the header stays held.
+                HttpTask::Body(None, false) => {}
+                HttpTask::Body(Some(b), false) if b.is_empty() => {}
+                // The answer failed before it was released: the header is never sent, so the
+                // gateway can still answer with its own error.
+                HttpTask::Failed(e) if self.held.is_some() => return Err(e),
+                task => {
+                    if let Some(h) = self.held.take() {
+                        out.push(HttpTask::Header(h, false));
+                    }
+                    self.hold = false;
+                    out.push(task);
+                }
+            }
+        }
+        if out.is_empty() {
+            return Ok(false);
+        }
+        self.m().response_duplex_vec(out).await
     }
 
     fn set_read_timeout(&mut self, timeout: Option<Duration>) {

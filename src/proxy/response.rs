@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
 
 use super::ctx::{RequestCtx, ResponseTap};
+use super::errors::GatewayError;
 use crate::llm::sse::{SseTap, SseTapOptions};
 use crate::llm::usage::Usage;
 use crate::providers::vertex_ai;
@@ -44,10 +45,22 @@ pub fn on_upstream_header(resp: &ResponseHeader, ctx: &mut RequestCtx) {
     };
 }
 
-/// `response_filter`: headers the client gets.
-pub fn on_client_header(resp: &mut ResponseHeader, ctx: &RequestCtx) {
+/// The answer the gateway had to read whole was larger than `gateway.max_body_size`.
+pub fn too_large(limit: u64) -> GatewayError {
+    GatewayError::bad_gateway(
+        "upstream_response_too_large",
+        format!("the provider's answer exceeds the {limit} byte limit"),
+    )
+}
+
+/// `response_filter`: headers the client gets. `true`: the answer is read whole before it is
+/// rewritten, so the header must be held back until then (an answer that turns out too large is
+/// still answered with a 502).
+pub fn on_client_header(resp: &mut ResponseHeader, ctx: &RequestCtx) -> bool {
     let _ = resp.insert_header("X-Request-Id", ctx.request_id.as_str());
-    let Some(llm) = ctx.llm.as_ref() else { return };
+    let Some(llm) = ctx.llm.as_ref() else {
+        return false;
+    };
     let rewrites_body = match &llm.tap {
         ResponseTap::Collect(_) => true,
         ResponseTap::Sse(_) => llm.usage_injected,
@@ -59,16 +72,22 @@ pub fn on_client_header(resp: &mut ResponseHeader, ctx: &RequestCtx) {
         resp.remove_header(&http::header::CONTENT_LENGTH);
         let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
     }
+    matches!(llm.tap, ResponseTap::Collect(_))
 }
 
 /// `response_body_filter`: runs on every chunk on its way to the client. Synchronous, so it only
-/// scans and slices; nothing here waits.
-pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
+/// scans and slices; nothing here waits. An error ends the response.
+pub fn on_body(
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
+    let limit = ctx.max_body_size;
     let Some(llm) = ctx.llm.as_mut() else {
         if end_of_stream {
             ctx.upstream_done_at = Some(Instant::now());
         }
-        return;
+        return Ok(());
     };
     match &mut llm.tap {
         ResponseTap::None => {}
@@ -97,6 +116,12 @@ pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestC
         }
         ResponseTap::Collect(buf) => {
             if let Some(chunk) = body.take() {
+                if (buf.len() as u64).saturating_add(chunk.len() as u64) > limit {
+                    // Let go of what was collected; the header is still held (`hold_header`),
+                    // so the client gets this error instead of a 200.
+                    llm.tap = ResponseTap::None;
+                    return Err(too_large(limit));
+                }
                 buf.extend_from_slice(&chunk);
             }
             if end_of_stream {
@@ -129,6 +154,7 @@ pub fn on_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestC
         }
         settle_usage(ctx);
     }
+    Ok(())
 }
 
 /// Copy what the tap saw into the call record (also used when the client left mid-stream: the

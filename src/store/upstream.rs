@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::balancer::swrr::SmoothWrr;
 use crate::config::schema::{Nodes, UpstreamConf};
-use crate::config::ConfigError;
+use crate::config::{limits, ConfigError};
 use crate::net::peer::PeerOptions;
 
 #[derive(Debug, Clone)]
@@ -55,6 +55,7 @@ impl Upstream {
                 .iter()
                 .map(|(k, w)| {
                     let (host, port) = split_host_port(k, default_port)
+                        .filter(|(_, p)| *p != 0)
                         .ok_or_else(|| err(&format!(".nodes.{k}"), "expected host or host:port"))?;
                     Ok(Node {
                         host,
@@ -70,6 +71,12 @@ impl Upstream {
                     let (host, port) = split_host_port(&n.host, default_port).ok_or_else(|| {
                         err(&format!(".nodes[{i}].host"), "expected a host name or IP")
                     })?;
+                    if n.port == Some(0) || port == 0 {
+                        return Err(err(
+                            &format!(".nodes[{i}].port"),
+                            "must be between 1 and 65535",
+                        ));
+                    }
                     Ok(Node {
                         host,
                         port: n.port.unwrap_or(port),
@@ -99,11 +106,7 @@ impl Upstream {
         let secs = |v: Option<f64>, field: &str| -> Result<Duration, ConfigError> {
             match v {
                 None => Ok(Duration::from_secs(60)),
-                Some(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
-                Some(_) => Err(err(
-                    &format!(".timeout.{field}"),
-                    "must be a positive number of seconds",
-                )),
+                Some(s) => limits::secs(s).map_err(|m| err(&format!(".timeout.{field}"), &m)),
             }
         };
         let peer = PeerOptions {

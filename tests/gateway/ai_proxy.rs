@@ -197,3 +197,203 @@ fn many_requests_share_one_client_connection() {
     }
     assert_eq!(mock.llm_requests().len(), 20);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A stale pooled connection to a single instance
+
+/// The mock's records of the request whose user message is `text`.
+fn records_of(mock: &Mock, text: &str) -> Vec<serde_json::Value> {
+    mock.llm_requests()
+        .into_iter()
+        .filter(|r| r["body"].as_str().unwrap_or("").contains(text))
+        .collect()
+}
+
+/// Request 1 leaves a pooled connection behind that the mock drops when request 2 arrives.
+fn pool_a_connection_the_provider_will_drop(gw: &Gateway, mock: &Mock) {
+    let r = gw.chat_with(
+        "/openai",
+        &[("x-mock-close-next", "true")],
+        &chat_body("first"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(records_of(mock, "first")[0]["conn_request"], 1);
+    // Let the gateway put the connection back into its pool.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+}
+
+#[test]
+fn a_stale_pooled_connection_is_retried_once_on_a_fresh_connection() {
+    let mock = Mock::start("stale");
+    let gw = Gateway::start(&route(&mock, ""));
+    pool_a_connection_the_provider_will_drop(&gw, &mock);
+
+    let r = gw.chat("/openai", &chat_body("second"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "Hello from stale"
+    );
+
+    let first = &records_of(&mock, "first")[0];
+    let second = records_of(&mock, "second");
+    assert_eq!(second.len(), 2, "{second:?}");
+    // It went out on the pooled connection, which the mock dropped without answering...
+    assert_eq!(second[0]["conn"], first["conn"]);
+    assert_eq!(second[0]["conn_request"], 2);
+    assert!(second[0]["status"].is_null(), "{}", second[0]);
+    // ...and again, the same request, on a connection of its own, answered once.
+    assert_ne!(second[1]["conn"], first["conn"]);
+    assert_eq!(second[1]["conn_request"], 1);
+    assert_eq!(second[1]["status"], 200);
+    assert_eq!(second[1]["body"], second[0]["body"]);
+    assert_eq!(
+        second[1]["headers"]["authorization"],
+        "Bearer sk-configured"
+    );
+    // That connection is not pooled (a retry cannot be sure the next one would be fresh).
+    assert_eq!(second[1]["headers"]["connection"], "close");
+    let answered = second.iter().filter(|r| r["status"] == 200).count();
+    assert_eq!(answered, 1);
+
+    let lines = gw.log_lines(2);
+    assert!(lines[1].contains(" 200 "), "{}", lines[1]);
+}
+
+#[test]
+fn a_stale_pooled_connection_is_retried_only_once() {
+    let mock = Mock::start("stale2");
+    let gw = Gateway::start(&route(&mock, ""));
+    pool_a_connection_the_provider_will_drop(&gw, &mock);
+
+    // The fresh connection fails too (the mock closes it without answering): no third attempt.
+    let r = gw.chat_with("/openai", &[("x-mock-close", "true")], &chat_body("second"));
+    let e = r.openai_error(502);
+    assert_eq!(e["code"], "upstream_closed", "{e}");
+    let second = records_of(&mock, "second");
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert_eq!(second[0]["conn_request"], 2);
+    assert_eq!(second[1]["conn_request"], 1);
+}
+
+#[test]
+fn a_fresh_connection_that_fails_is_not_retried() {
+    let mock = Mock::start("fresh");
+    let gw = Gateway::start(&route(&mock, ""));
+    let r = gw.chat_with("/openai", &[("x-mock-close", "true")], &chat_body("only"));
+    r.openai_error(502);
+    assert_eq!(records_of(&mock, "only").len(), 1);
+}
+
+/// Send `body` to the gateway on a connection of its own and read everything until it closes.
+fn raw_exchange(gw: &Gateway, headers: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "POST /openai HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[test]
+fn a_pooled_connection_that_fails_after_the_answer_started_is_not_retried() {
+    let mock = Mock::start("cut");
+    let gw = Gateway::start(&route(&mock, ""));
+    // An ordinary first request leaves the connection in the pool.
+    assert_eq!(gw.chat("/openai", &chat_body("first")).status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+
+    // On it, the answer breaks off inside the body (the head is ~120 bytes, the body ~2 KB).
+    let long = "word ".repeat(400);
+    let body = chat_body("second").to_string();
+    let got = raw_exchange(
+        &gw,
+        &format!("x-mock-truncate-at: 400\r\nx-mock-content: {long}\r\n"),
+        &body,
+    );
+    // The client got the start of the provider's answer and then the connection ended: it is
+    // not given a second answer spliced behind the first.
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(!got.contains("Hello"), "{got}");
+    let second = records_of(&mock, "second");
+    assert_eq!(
+        second.len(),
+        1,
+        "retried after the answer started: {second:?}"
+    );
+    assert_eq!(
+        second[0]["conn_request"], 2,
+        "the pooled connection was not used"
+    );
+
+    // A head cut after a few bytes is an answer that started too.
+    let r = gw.chat("/openai", &chat_body("third"));
+    assert_eq!(r.status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let r = gw.chat_with(
+        "/openai",
+        &[("x-mock-truncate-at", "5")],
+        &chat_body("fourth"),
+    );
+    r.openai_error(502);
+    let fourth = records_of(&mock, "fourth");
+    assert_eq!(
+        fourth.len(),
+        1,
+        "retried after bytes of the head: {fourth:?}"
+    );
+    assert_eq!(
+        fourth[0]["conn_request"], 2,
+        "the pooled connection was not used"
+    );
+}
+
+#[test]
+fn the_retry_after_a_stale_connection_does_not_take_another_pooled_one() {
+    // Two pooled connections, both dropped by the provider: the retry must open a new one, not
+    // take the second stale one.
+    let mock = Mock::start("stale-pool");
+    let gw = Gateway::start(&route(&mock, ""));
+    let port = gw.port;
+    let both: Vec<_> = (0..2)
+        .map(|i| {
+            std::thread::spawn(move || {
+                request(
+                    port,
+                    "POST",
+                    "/openai",
+                    &[
+                        ("content-type", "application/json"),
+                        ("x-mock-close-next", "true"),
+                        ("x-mock-delay-ms", "300"),
+                    ],
+                    chat_body(&format!("pool-{i}")).to_string().as_bytes(),
+                )
+            })
+        })
+        .collect();
+    for t in both {
+        assert_eq!(t.join().unwrap().status, 200);
+    }
+    let conns: std::collections::BTreeSet<String> = mock
+        .llm_requests()
+        .iter()
+        .map(|r| r["conn"].to_string())
+        .collect();
+    assert_eq!(conns.len(), 2, "the two requests shared a connection");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+
+    let r = gw.chat("/openai", &chat_body("third"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let third = records_of(&mock, "third");
+    assert_eq!(third.len(), 2, "{third:?}");
+    assert_eq!(third[0]["conn_request"], 2);
+    assert_eq!(third[1]["conn_request"], 1);
+}

@@ -713,3 +713,444 @@ fn a_file_that_is_not_yaml_is_a_clear_error() {
     let (ok, out) = check_config("routes: 5\n", &[]);
     assert!(!ok && out.contains("routes"), "{out}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Numbers that would panic or overflow are refused with their path; the largest accepted ones
+// load (a gateway started with them serves: tests/gateway/ai_proxy.rs).
+
+/// A valid config with one ai-proxy-multi route whose plugin body is `plugin` (8 spaces) and
+/// whose single instance ends with `instance_extra` (12 spaces).
+fn with_multi(plugin: &str, instance_extra: &str) -> String {
+    format!(
+        "gateway:\n  listen: 127.0.0.1:9080\nroutes:\n  - id: m\n    uri: /m\n    plugins:\n      ai-proxy-multi:\n{plugin}        instances:\n          - name: a\n            provider: openai\n            weight: 1\n            auth: {{ header: {{ Authorization: \"Bearer k\" }} }}\n{instance_extra}"
+    )
+}
+
+/// A valid plain route to an upstream with `upstream_extra` (6 spaces).
+fn with_upstream(nodes: &str, upstream_extra: &str) -> String {
+    format!("gateway:\n  listen: 127.0.0.1:9080\nroutes:\n  - id: u\n    uri: /u\n    upstream:\n      nodes: {nodes}\n{upstream_extra}")
+}
+
+const HUGE_F: &str = "1e300";
+
+#[test]
+fn durations_in_seconds_beyond_a_day_or_below_a_millisecond_are_refused() {
+    assert_valid(&with_multi("", ""), &[]);
+    assert_valid(&with_upstream("{ \"127.0.0.1:8080\": 1 }", ""), &[]);
+    // Duration::from_secs_f64 panics on these.
+    for v in [
+        HUGE_F,
+        "86401",
+        "18446744073709551616.0",
+        ".inf",
+        ".nan",
+        "0.0001",
+        "-1",
+    ] {
+        for field in ["connect", "send", "read"] {
+            assert_rejected(
+                &with_upstream(
+                    "{ \"127.0.0.1:8080\": 1 }",
+                    &format!("      timeout: {{ {field}: {v} }}\n"),
+                ),
+                &[],
+                &format!("routes[0].upstream.timeout.{field}"),
+                &["seconds", "86400"],
+            );
+        }
+        let checks =
+            |active: &str| with_multi("", &format!("            checks: {{ active: {active} }}\n"));
+        let base = "routes[0].plugins.ai-proxy-multi.instances[0].checks";
+        assert_rejected(
+            &checks(&format!("{{ timeout: {v} }}")),
+            &[],
+            &format!("{base}.active.timeout"),
+            &["86400"],
+        );
+        assert_rejected(
+            &checks(&format!("{{ healthy: {{ interval: {v} }} }}")),
+            &[],
+            &format!("{base}.active.healthy.interval"),
+            &["86400"],
+        );
+        assert_rejected(
+            &checks(&format!("{{ unhealthy: {{ interval: {v} }} }}")),
+            &[],
+            &format!("{base}.active.unhealthy.interval"),
+            &["86400"],
+        );
+        assert_rejected(
+            &with_multi(
+                "",
+                &format!("            checks: {{ passive: {{ cooldown: {v} }} }}\n"),
+            ),
+            &[],
+            &format!("{base}.passive.cooldown"),
+            &["86400"],
+        );
+    }
+    // cooldown 0 switches the cool-down off.
+    assert_valid(
+        &with_multi("", "            checks: { passive: { cooldown: 0 } }\n"),
+        &[],
+    );
+}
+
+#[test]
+fn millisecond_fields_beyond_a_day_are_refused() {
+    for v in ["86400001", "18446744073709551615"] {
+        for field in ["timeout", "keepalive_timeout"] {
+            assert_rejected(
+                &with_plugin(&format!("{OPENAI}        {field}: {v}\n")),
+                &[],
+                &format!("routes[0].plugins.ai-proxy.{field}"),
+                &["86400000"],
+            );
+            assert_rejected(
+                &with_multi(&format!("        {field}: {v}\n"), ""),
+                &[],
+                &format!("routes[0].plugins.ai-proxy-multi.instances[0].{field}"),
+                &["86400000"],
+            );
+        }
+        assert_rejected(
+            &with_multi(&format!("        retry_on_failure_within_ms: {v}\n"), ""),
+            &[],
+            "routes[0].plugins.ai-proxy-multi.retry_on_failure_within_ms",
+            &["86400000"],
+        );
+    }
+    // Past u64 is not a number this field can hold at all.
+    assert_rejected(
+        &with_plugin(&format!("{OPENAI}        timeout: 18446744073709551616\n")),
+        &[],
+        "routes[0].plugins.ai-proxy.timeout",
+        &[],
+    );
+}
+
+#[test]
+fn max_retries_of_u32_max_is_accepted_and_capped() {
+    // `max_retries + 1` overflowed; retries are capped by the number of instances anyway.
+    assert_valid(&with_multi("        max_retries: 4294967295\n", ""), &[]);
+}
+
+#[test]
+fn weights_beyond_the_maximum_are_refused() {
+    let base = "routes[0].plugins.ai-proxy-multi";
+    assert_valid(
+        &with_multi("", "").replace("weight: 1", "weight: 10000"),
+        &[],
+    );
+    assert_rejected(
+        &with_multi("", "").replace("weight: 1", "weight: 10001"),
+        &[],
+        &format!("{base}.instances[0].weight"),
+        &["10000"],
+    );
+    assert_rejected(
+        &with_multi("", "").replace("weight: 1", "weight: 4294967295"),
+        &[],
+        &format!("{base}.instances[0].weight"),
+        &[],
+    );
+    // chash: each unit of weight is 160 points on the ring; one tier adds up to 10,000 at most.
+    let two = |w2: u32, prio2: i64| {
+        with_multi(
+            "        balancer: { algorithm: chash, hash_on: header, key: X-User }\n",
+            &format!("          - name: b\n            provider: openai\n            weight: {w2}\n            priority: {prio2}\n            auth: {{ header: {{ Authorization: \"Bearer k\" }} }}\n"),
+        )
+        .replace("weight: 1\n", "weight: 6000\n")
+    };
+    assert_rejected(
+        &two(5000, 0),
+        &[],
+        &format!("{base}.instances"),
+        &["chash", "10000"],
+    );
+    assert_valid(&two(4000, 0), &[]);
+    // Tiers are separate rings.
+    assert_valid(&two(5000, 1), &[]);
+}
+
+#[test]
+fn gcp_token_lifetimes_beyond_a_day_are_refused() {
+    let sa = serde_json::json!({
+        "private_key": include_str!("../fixtures/gcp-test-key.pkcs8.pem"),
+        "client_email": "a@b.iam.gserviceaccount.com",
+    })
+    .to_string();
+    let vertex = |extra: &str| {
+        with_plugin(&format!(
+            "        provider: vertex-ai\n        provider_conf: {{ project_id: p, region: us-central1 }}\n        auth: {{ gcp: {{ service_account_json: {}{extra} }} }}\n",
+            serde_json::to_string(&sa).unwrap()
+        ))
+    };
+    let base = "routes[0].plugins.ai-proxy.auth.gcp";
+    assert_valid(&vertex(", max_ttl: 86400, expire_early_secs: 86400"), &[]);
+    assert_valid(&vertex(", expire_early_secs: 0"), &[]);
+    for v in ["86401", "18446744073709551615"] {
+        assert_rejected(
+            &vertex(&format!(", max_ttl: {v}")),
+            &[],
+            &format!("{base}.max_ttl"),
+            &["86400"],
+        );
+        assert_rejected(
+            &vertex(&format!(", expire_early_secs: {v}")),
+            &[],
+            &format!("{base}.expire_early_secs"),
+            &["86400"],
+        );
+    }
+    assert_rejected(
+        &vertex(", max_ttl: 0"),
+        &[],
+        &format!("{base}.max_ttl"),
+        &["at least 1"],
+    );
+}
+
+#[test]
+fn port_zero_and_impossible_statuses_are_refused() {
+    assert_rejected(
+        &with_upstream("{ \"127.0.0.1:0\": 1 }", ""),
+        &[],
+        "routes[0].upstream.nodes.127.0.0.1:0",
+        &[],
+    );
+    assert_rejected(
+        &with_upstream("[{ host: 127.0.0.1, port: 0 }]", ""),
+        &[],
+        "routes[0].upstream.nodes[0].port",
+        &["65535"],
+    );
+    // Past u16: serde refuses it (the untagged `nodes` forms leave only the list's path).
+    assert_rejected(
+        &with_upstream("[{ host: 127.0.0.1, port: 65536 }]", ""),
+        &[],
+        "routes[0].upstream.nodes",
+        &[],
+    );
+    assert_valid(
+        &with_upstream("[{ host: 127.0.0.1, port: 65535 }]", ""),
+        &[],
+    );
+    let base = "routes[0].plugins.ai-proxy-multi.instances[0].checks";
+    assert_rejected(
+        &with_multi("", "            checks: { active: { port: 0 } }\n"),
+        &[],
+        &format!("{base}.active.port"),
+        &["65535"],
+    );
+    assert_rejected(
+        &with_multi(
+            "",
+            "            checks: { passive: { healthy: { http_statuses: [200, 700] } } }\n",
+        ),
+        &[],
+        &format!("{base}.passive.healthy.http_statuses[1]"),
+        &["700"],
+    );
+    assert_rejected(
+        &with_multi(
+            "",
+            "            checks: { active: { unhealthy: { http_statuses: [99] } } }\n",
+        ),
+        &[],
+        &format!("{base}.active.unhealthy.http_statuses[0]"),
+        &["99"],
+    );
+    assert_rejected(
+        &with_multi("        fallback_http_statuses: [429, 65535]\n", ""),
+        &[],
+        "routes[0].plugins.ai-proxy-multi.fallback_http_statuses[1]",
+        &["65535"],
+    );
+}
+
+#[test]
+fn max_body_size_beyond_a_gibibyte_is_refused() {
+    let cfg = |v: &str| {
+        with_plugin(OPENAI).replace(
+            "  listen: 127.0.0.1:9080\n",
+            &format!("  listen: 127.0.0.1:9080\n  max_body_size: {v}\n"),
+        )
+    };
+    assert_valid(&cfg("1073741824"), &[]);
+    for v in ["1073741825", "18446744073709551615", "0"] {
+        assert_rejected(&cfg(v), &[], "gateway.max_body_size", &["1073741824"]);
+    }
+}
+
+#[test]
+fn pingora_server_numbers_that_would_panic_at_start_are_refused() {
+    let cfg = |server: &str| format!("server:\n{server}{}", with_plugin(OPENAI));
+    assert_valid(
+        &cfg("  threads: 1024\n  upstream_keepalive_pool_size: 1024\n"),
+        &[],
+    );
+    assert_rejected(&cfg("  threads: 1025\n"), &[], "server.threads", &["1024"]);
+    assert_rejected(
+        &cfg("  threads: 2\n  upstream_keepalive_pool_size: 18446744073709551615\n"),
+        &[],
+        "server.upstream_keepalive_pool_size",
+        &["preallocated"],
+    );
+    // tokio panics on 0 blocking threads.
+    assert_rejected(
+        &cfg("  max_blocking_threads: 0\n"),
+        &[],
+        "server.max_blocking_threads",
+        &[],
+    );
+    assert_rejected(
+        &cfg("  listener_tasks_per_fd: 0\n"),
+        &[],
+        "server.listener_tasks_per_fd",
+        &[],
+    );
+    assert_rejected(
+        &cfg("  upstream_connect_offload_threadpools: 100000\n  upstream_connect_offload_thread_per_pool: 100000\n"),
+        &[],
+        "server.upstream_connect_offload_threadpools",
+        &[],
+    );
+    assert_rejected(
+        &cfg("  graceful_shutdown_timeout_seconds: 18446744073709551615\n"),
+        &[],
+        "server.graceful_shutdown_timeout_seconds",
+        &["86400"],
+    );
+}
+
+#[test]
+fn a_config_at_the_largest_accepted_values_starts_and_serves() {
+    let ok = Mock::start("ok");
+    // A token endpoint that says its tokens live for u64::MAX seconds (the cache deadline
+    // `now + ttl` must not overflow).
+    let tokens = Mock::start_with("tokens", &["--token-ttl", "18446744073709551615"]);
+    let failing = Mock::start_with("failing", &["--status", "500"]);
+    let sa = serde_json::json!({
+        "private_key": include_str!("../fixtures/gcp-test-key.pkcs8.pem"),
+        "client_email": "max@test-project.iam.gserviceaccount.com",
+        "token_uri": tokens.url("/token"),
+    })
+    .to_string();
+    let day_s = "86400";
+    let day_ms = "86400000";
+    let u32_max = u32::MAX;
+    let i64_max = i64::MAX;
+    let i64_min = i64::MIN;
+    let resources = format!(
+        r#"
+routes:
+  - id: single
+    uri: /single
+    priority: {i64_max}
+    plugins:
+      ai-proxy:
+        provider: openai-compatible
+        auth: {{ header: {{ Authorization: "Bearer k" }} }}
+        override: {{ endpoint: "{ok_chat}" }}
+        timeout: {day_ms}
+        keepalive_timeout: {day_ms}
+  - id: vertex
+    uri: /vertex
+    priority: {i64_min}
+    plugins:
+      ai-proxy:
+        provider: vertex-ai
+        auth: {{ gcp: {{ service_account_json: {sa}, max_ttl: {day_s}, expire_early_secs: {day_s} }} }}
+        override: {{ endpoint: "{ok_chat}" }}
+  - id: multi
+    uri: /multi
+    plugins:
+      ai-proxy-multi:
+        fallback_strategy: http_5xx
+        max_retries: {u32_max}
+        retry_on_failure_within_ms: {day_ms}
+        timeout: {day_ms}
+        keepalive_timeout: {day_ms}
+        instances:
+          - name: bad
+            provider: openai-compatible
+            weight: 10000
+            priority: {i64_max}
+            auth: {{ header: {{ Authorization: "Bearer bad" }} }}
+            override: {{ endpoint: "{failing_chat}" }}
+            checks:
+              passive:
+                cooldown: {day_s}
+                unhealthy: {{ http_failures: 1, tcp_failures: {u32_max}, timeouts: {u32_max} }}
+          - name: good
+            provider: openai-compatible
+            weight: 10000
+            priority: {i64_min}
+            auth: {{ header: {{ Authorization: "Bearer good" }} }}
+            override: {{ endpoint: "{ok_chat}" }}
+            checks:
+              active:
+                timeout: {day_s}
+                http_path: /health
+                healthy: {{ interval: {day_s}, successes: {u32_max} }}
+                unhealthy: {{ interval: {day_s}, http_failures: {u32_max}, tcp_failures: {u32_max}, timeouts: {u32_max} }}
+              passive:
+                unhealthy: {{ http_failures: {u32_max}, tcp_failures: {u32_max}, timeouts: {u32_max} }}
+  - id: chash
+    uri: /chash
+    plugins:
+      ai-proxy-multi:
+        balancer: {{ algorithm: chash, hash_on: header, key: X-User }}
+        instances:
+          - name: only
+            provider: openai-compatible
+            weight: 10000
+            auth: {{ header: {{ Authorization: "Bearer c" }} }}
+            override: {{ endpoint: "{ok_chat}" }}
+  - id: plain
+    uri: /anything
+    upstream:
+      timeout: {{ connect: {day_s}, send: {day_s}, read: {day_s} }}
+      nodes: [{{ host: 127.0.0.1, port: {ok_port}, weight: {u32_max} }}]
+"#,
+        sa = serde_json::to_string(&sa).unwrap(),
+        ok_chat = ok.chat_url(),
+        failing_chat = failing.chat_url(),
+        ok_port = ok.port,
+    );
+    let gw = Gateway::start_with(
+        &resources,
+        GatewayOpts {
+            gateway_extra: "  max_body_size: 1073741824\n",
+            ..Default::default()
+        },
+    );
+    let body = chat_body("largest values");
+    for path in ["/single", "/vertex", "/multi", "/chash", "/anything"] {
+        let r = gw.chat_with(path, &[("X-User", "u1")], &body);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    // The failing instance was cooled down for a day after its one failure: the second request
+    // goes straight to the good one.
+    let r = gw.chat("/multi", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(failing.llm_requests().len(), 1);
+    assert_eq!(
+        ok.llm_requests()
+            .iter()
+            .filter(|r| r["headers"]["authorization"] == "Bearer good")
+            .count(),
+        2
+    );
+    // The token was used although its lifetime was absurd.
+    assert_eq!(
+        ok.llm_requests()
+            .iter()
+            .filter(|r| r["headers"]["authorization"] == "Bearer mock-access-token-1")
+            .count(),
+        1
+    );
+    let log = gw.error_log();
+    assert!(!log.contains("panicked"), "{log}");
+}

@@ -8,6 +8,7 @@ mod access_log;
 mod ai_proxy;
 mod bodies;
 mod config_check;
+mod credentials;
 mod dns;
 mod dns_server;
 mod errors;

@@ -285,3 +285,36 @@ routes:
     assert!(!e.to_string().contains("sk-llm-secret"), "{e}");
     assert_llm_call(&llm);
 }
+
+#[test]
+fn an_llm_answer_larger_than_max_body_size_gives_a_502_and_the_upstream_gets_nothing() {
+    let llm = Mock::start("llm");
+    let echo = Mock::start("echo");
+    let gw = Gateway::start_with(
+        &route(&llm.chat_url(), &echo, true),
+        GatewayOpts {
+            gateway_extra: "  max_body_size: 4096\n",
+            ..Default::default()
+        },
+    );
+    // Under the limit: the usual passthrough.
+    assert_eq!(gw.chat("/anything", &seed_body()).status, 200);
+    assert_eq!(echo.requests().len(), 1);
+
+    // An answer of ~10 KB: the gateway stops reading at the limit.
+    llm.set(json!({"content": "word ".repeat(2000)}));
+    let r = gw.chat("/anything", &seed_body());
+    let e = r.openai_error(502);
+    assert_eq!(e["code"], "upstream_response_too_large", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("4096"), "{e}");
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(
+        echo.requests().len(),
+        1,
+        "the upstream got the oversized answer"
+    );
+    assert!(!gw.error_log().contains("panicked"));
+    // The gateway is fine afterwards.
+    llm.set(json!({"content": null}));
+    assert_eq!(gw.chat("/anything", &seed_body()).status, 200);
+}

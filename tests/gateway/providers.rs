@@ -1237,3 +1237,79 @@ routes:
     }
     assert_eq!(token_calls(&mock).len(), 1);
 }
+
+#[test]
+fn vertex_ai_predict_answer_larger_than_max_body_size_gives_a_502() {
+    let mock = Mock::start("vxbig");
+    let gw = Gateway::start_with(
+        &format!(
+            r#"
+routes:
+  - id: vx-emb
+    uri: /v1/embeddings
+    plugins:
+      ai-proxy:
+        provider: vertex-ai
+        auth: {{ header: {{ Authorization: "Bearer ya29.emb" }} }}
+        options: {{ model: text-embedding-005 }}
+        override: {{ endpoint: "{}" }}
+"#,
+            mock.url(PREDICT_PATH)
+        ),
+        GatewayOpts {
+            gateway_extra: "  max_body_size: 65536\n",
+            ..Default::default()
+        },
+    );
+    // Under the limit: converted as usual.
+    let r = gw.chat("/v1/embeddings", &json!({"input": ["small"]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["data"][0]["embedding"].as_array().unwrap().len(),
+        8
+    );
+
+    // Vectors of 4096 dimensions for 8 inputs: far more than 64 KiB to collect. The client gets
+    // the gateway's 502, not a 200 with a broken body: the header waits for the whole answer.
+    let inputs: Vec<String> = (0..8).map(|i| format!("input {i}")).collect();
+    let r = gw.chat_with(
+        "/v1/embeddings",
+        // The body after the head, so the header is known to reach the gateway's answer path
+        // before the size is.
+        &[("x-mock-dims", "4096"), ("x-mock-body-delay-ms", "100")],
+        &json!({"input": inputs}),
+    );
+    let e = r.openai_error(502);
+    assert_eq!(e["code"], "upstream_response_too_large", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("65536"), "{e}");
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(mock.last()["path"], PREDICT_PATH);
+    assert!(!gw.error_log().contains("panicked"));
+    let lines = gw.log_lines(2);
+    assert!(lines[1].contains(" 502 "), "{}", lines[1]);
+
+    // Several inputs under the limit still work, on the same gateway.
+    let r = gw.chat("/v1/embeddings", &json!({"input": ["a", "b", "c"]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn vertex_ai_predict_answer_cut_off_gives_a_502_not_a_broken_200() {
+    // The header is held until the answer is complete, so a provider that breaks off mid-body is
+    // reported as what it is.
+    let mock = Mock::start("vxcut");
+    let gw =
+        vertex_embeddings_gateway(&mock, r#"{ header: { Authorization: "Bearer ya29.emb" } }"#);
+    let r = gw.chat_with(
+        "/v1/embeddings",
+        &[("x-mock-truncate-at", "300")],
+        &json!({"input": ["one", "two", "three"]}),
+    );
+    let e = r.openai_error(502);
+    assert!(r.header("x-request-id").is_some(), "{e}");
+    assert_eq!(
+        gw.chat("/v1/embeddings", &json!({"input": "ok"})).status,
+        200
+    );
+}

@@ -42,7 +42,8 @@ ENDPOINTS (routed by path; the query string is ignored):
   POST .../token         Google OAuth token grant -> mock-access-token-<n>.
   /anything[/...]        httpbin-style echo of method, url, args, headers, data, json.
   /health                {\"status\":\"ok\"}, status from health_status.
-  GET    /_mock/requests  recorded requests, oldest first (last 1000); DELETE clears.
+  GET    /_mock/requests  recorded requests, oldest first (last 1000); DELETE clears. Each has
+                          conn (connection number) and conn_request (1 = first on it).
   GET    /_mock/config    current process-wide knob defaults; POST a JSON object to change
                           some (keys as below with '_', null = back to CLI default);
                           DELETE resets all to the CLI defaults.
@@ -54,6 +55,7 @@ config key = header name without x-mock-, dashes as underscores):
   x-mock-error-body: TEXT       replace the error body verbatim
   x-mock-error-content-type: T  content type of the error body
   x-mock-delay-ms: N            wait before the response header (also before close/hang)
+  x-mock-body-delay-ms: N       JSON answers: wait between the head and the body
   x-mock-chunk-delay-ms: N      wait before each SSE event after the first
   x-mock-chunks: N              number of generated content pieces (default 3)
   x-mock-content: TEXT          the answer text, one piece per word (spaces kept)
@@ -69,6 +71,11 @@ config key = header name without x-mock-, dashes as underscores):
   x-mock-dims: N                embedding vector size (default 8)
   x-mock-token-ttl: SECS        expires_in of OAuth tokens
   x-mock-close: true            read the request, close the connection without answering
+  x-mock-close-next: true       answer, keep the connection, and close it without answering when
+                                the next request arrives on it (a provider that dropped an idle
+                                pooled connection)
+  x-mock-truncate-at: N         JSON answers: send only the first N bytes (head and body), then
+                                close (N inside the head = a cut-off head; past it = a cut body)
   x-mock-hang: true             read the request, never answer (until the client leaves)
   x-mock-health-status: N       status of /health
 Every response carries x-mock-name: NAME.";

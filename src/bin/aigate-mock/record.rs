@@ -36,6 +36,10 @@ pub struct Record {
     headers: Vec<(String, String)>,
     body: Bytes,
     received_at_ms: u64,
+    /// Which connection the request came on (numbered from 1 as they are accepted), and its
+    /// place on that connection (1 = the first request): tests see connection reuse with it.
+    conn: u64,
+    conn_request: u64,
     /// 0 until a status has been written.
     status: AtomicU16,
     events_sent_at_ms: Mutex<Vec<u64>>,
@@ -65,7 +69,7 @@ impl Serialize for Record {
             s => Some(s),
         };
         let events = lock(&self.events_sent_at_ms).clone();
-        let mut s = serializer.serialize_struct("Record", 9)?;
+        let mut s = serializer.serialize_struct("Record", 11)?;
         s.serialize_field("seq", &self.seq)?;
         s.serialize_field("method", &self.method)?;
         s.serialize_field("path", &self.target)?;
@@ -73,6 +77,8 @@ impl Serialize for Record {
         s.serialize_field("body", &String::from_utf8_lossy(&self.body))?;
         s.serialize_field("body_len", &self.body.len())?;
         s.serialize_field("received_at_ms", &self.received_at_ms)?;
+        s.serialize_field("conn", &self.conn)?;
+        s.serialize_field("conn_request", &self.conn_request)?;
         s.serialize_field("status", &status)?;
         s.serialize_field("events_sent_at_ms", &events)?;
         s.end()
@@ -92,7 +98,8 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn record(&self, req: &Request, received_at_ms: u64) -> Arc<Record> {
+    /// `conn`: (connection number, place of the request on it).
+    pub fn record(&self, req: &Request, received_at_ms: u64, conn: (u64, u64)) -> Arc<Record> {
         // Copy everything before taking the lock; only the seq is assigned under it.
         let mut record = Record {
             seq: 0,
@@ -101,6 +108,8 @@ impl Recorder {
             headers: joined_headers(&req.headers),
             body: req.body.clone(),
             received_at_ms,
+            conn: conn.0,
+            conn_request: conn.1,
             status: AtomicU16::new(0),
             events_sent_at_ms: Mutex::new(Vec::new()),
         };
@@ -181,8 +190,8 @@ mod tests {
     #[test]
     fn records_serialise_with_status_and_events() {
         let recorder = Recorder::default();
-        let trace = Trace::new(Some(recorder.record(&request(b"{\"x\":1}"), 1000)));
-        recorder.record(&request(b"\xff"), 1001);
+        let trace = Trace::new(Some(recorder.record(&request(b"{\"x\":1}"), 1000, (4, 2))));
+        recorder.record(&request(b"\xff"), 1001, (5, 1));
         trace.status(200);
         trace.event_sent(1002);
         trace.event_sent(1003);
@@ -191,20 +200,20 @@ mod tests {
             log[0],
             json!({"seq": 1, "method": "POST", "path": "/v1/embeddings?a=1",
                    "headers": {"x-a": "1, 2", "host": "h"}, "body": "{\"x\":1}", "body_len": 7,
-                   "received_at_ms": 1000, "status": 200, "events_sent_at_ms": [1002, 1003]})
+                   "received_at_ms": 1000, "conn": 4, "conn_request": 2, "status": 200, "events_sent_at_ms": [1002, 1003]})
         );
         assert_eq!(log[1]["status"], Value::Null);
         assert_eq!(log[1]["body"], "\u{fffd}");
         assert_eq!(recorder.clear(), 2);
         assert_eq!(recorder.to_json(), b"[]");
-        assert_eq!(recorder.record(&request(b""), 0).seq, 3);
+        assert_eq!(recorder.record(&request(b""), 0, (1, 1)).seq, 3);
     }
 
     #[test]
     fn keeps_only_the_last_records() {
         let recorder = Recorder::default();
         for _ in 0..MAX_RECORDS + 5 {
-            recorder.record(&request(b""), 0);
+            recorder.record(&request(b""), 0, (1, 1));
         }
         let log: Value = serde_json::from_slice(&recorder.to_json()).unwrap();
         assert_eq!(log.as_array().unwrap().len(), MAX_RECORDS);

@@ -33,6 +33,7 @@ pub struct App {
     recorder: Option<Recorder>,
     chat_seq: AtomicU64,
     token_seq: AtomicU64,
+    conn_seq: AtomicU64,
 }
 
 impl App {
@@ -44,6 +45,7 @@ impl App {
             recorder: record.then(Recorder::default),
             chat_seq: AtomicU64::new(0),
             token_seq: AtomicU64::new(0),
+            conn_seq: AtomicU64::new(0),
         }
     }
 
@@ -212,8 +214,29 @@ pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, app: Arc<Ap
 /// A client that connects and never finishes the handshake must not hold a task forever.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where one request sits, and what the connection does after its answer.
+#[derive(Clone, Copy)]
+struct ConnState {
+    /// (connection number, place of the request on it), as recorded.
+    at: (u64, u64),
+    /// The previous request said `close_next`: close without answering this one.
+    drop_this: bool,
+}
+
+/// What the connection does after a request.
+enum Next {
+    KeepAlive,
+    /// Keep it, but drop it when the next request arrives (`close_next`).
+    KeepAliveThenDrop,
+    Close,
+}
+
 async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(app: Arc<App>, mut stream: S) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut state = ConnState {
+        at: (app.conn_seq.fetch_add(1, Ordering::Relaxed) + 1, 0),
+        drop_this: false,
+    };
     loop {
         let req = match http::read_request(&mut stream, &mut buf).await {
             Ok(req) => req,
@@ -231,9 +254,11 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(app: Arc<App>, mut stream
             // The client went away, cleanly or not: nobody to answer.
             Err(ReadError::Closed | ReadError::Broken) => return,
         };
-        match handle(&app, &mut stream, &req).await {
-            Ok(true) => continue,
-            Ok(false) => break,
+        state.at.1 += 1;
+        match handle(&app, &mut stream, &req, state).await {
+            Ok(Next::KeepAlive) => state.drop_this = false,
+            Ok(Next::KeepAliveThenDrop) => state.drop_this = true,
+            Ok(Next::Close) => break,
             // Write failed: the client disconnected mid-answer.
             Err(_) => return,
         }
@@ -241,27 +266,44 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(app: Arc<App>, mut stream
     let _ = stream.shutdown().await;
 }
 
-/// Answers one request; `Ok(true)` when the connection can carry another.
+/// Answers one request and says what the connection does next.
 async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     app: &App,
     stream: &mut S,
     req: &Request,
-) -> io::Result<bool> {
+    state: ConnState,
+) -> io::Result<Next> {
     let mut wire = Wire::for_request(req, &app.name);
+    let keep = |wire: &Wire| {
+        if wire.keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    };
     let endpoint = classify(req.path());
     if endpoint == Endpoint::Control {
         // Never recorded and never subject to knobs: tests must always be able
         // to inspect and reset a misbehaving mock.
         send(stream, &mut wire, control(app, req), &Trace::default()).await?;
-        return Ok(wire.keep_alive);
+        return Ok(keep(&wire));
     }
 
-    let trace = Trace::new(app.recorder.as_ref().map(|r| r.record(req, now_ms())));
+    let trace = Trace::new(
+        app.recorder
+            .as_ref()
+            .map(|r| r.record(req, now_ms(), state.at)),
+    );
+    if state.drop_this {
+        // A provider that dropped this connection while it sat idle: the request arrives on a
+        // socket nobody answers on any more. (Recorded, with no status, like `close`.)
+        return Ok(Next::Close);
+    }
     let knobs = match app.knobs_for(req) {
         Ok(knobs) => knobs,
         Err(message) => {
             send(stream, &mut wire, Reply::bad_request(&message), &trace).await?;
-            return Ok(wire.keep_alive);
+            return Ok(keep(&wire));
         }
     };
 
@@ -273,18 +315,43 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::time::sleep(Duration::from_millis(knobs.delay_ms)).await;
     }
     if misbehave && knobs.close {
-        return Ok(false);
+        return Ok(Next::Close);
     }
     if misbehave && knobs.hang {
         // Keep reading so we notice when the client gives up, then let go.
         let mut sink = [0u8; 4096];
         while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-        return Ok(false);
+        return Ok(Next::Close);
     }
 
     let reply = respond(app, req, endpoint, &knobs);
+    let full = matches!(reply, Reply::Full { .. });
+    if let (true, true, Some(n)) = (misbehave, full, knobs.truncate_at) {
+        // The answer breaks off after `n` bytes (inside the head or the body).
+        let mut out = Vec::new();
+        write_full(&mut out, &mut wire, reply, &trace);
+        out.truncate(n);
+        stream.write_all(&out).await?;
+        return Ok(Next::Close);
+    }
+    if misbehave && full && knobs.body_delay_ms > 0 {
+        // The head now, the body later: the client sees them in separate reads.
+        let mut out = Vec::new();
+        write_full(&mut out, &mut wire, reply, &trace);
+        let head_len = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(out.len(), |i| i + 4);
+        stream.write_all(&out[..head_len]).await?;
+        tokio::time::sleep(Duration::from_millis(knobs.body_delay_ms)).await;
+        stream.write_all(&out[head_len..]).await?;
+        return Ok(keep(&wire));
+    }
     send(stream, &mut wire, reply, &trace).await?;
-    Ok(wire.keep_alive)
+    Ok(match keep(&wire) {
+        Next::KeepAlive if misbehave && knobs.close_next => Next::KeepAliveThenDrop,
+        next => next,
+    })
 }
 
 fn respond(app: &App, req: &Request, endpoint: Endpoint, knobs: &Knobs) -> Reply {
@@ -337,24 +404,8 @@ async fn write_reply<S: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let mut head = Vec::with_capacity(256);
     match reply {
-        Reply::Full {
-            status,
-            content_type,
-            body,
-            headers,
-        } => {
-            trace.status(status);
-            let mut all: Vec<(&str, &str)> = vec![("content-type", &content_type)];
-            all.extend(headers.iter().map(|(n, v)| (*n, v.as_str())));
-            let framing = if http::bodiless(status) {
-                RespFraming::Bodiless
-            } else {
-                RespFraming::Length(body.len())
-            };
-            http::write_head(&mut head, wire, status, framing, &all);
-            if !wire.head_only && !http::bodiless(status) {
-                head.extend_from_slice(&body);
-            }
+        full @ Reply::Full { .. } => {
+            write_full(&mut head, wire, full, trace);
             stream.write_all(&head).await
         }
         Reply::Stream {
@@ -387,6 +438,31 @@ async fn write_reply<S: AsyncWrite + Unpin>(
             }
             sse::write_stream(stream, head, &events, &style, chunked, trace).await
         }
+    }
+}
+
+/// Serialises a whole (non-streamed) reply into `out` and records its status.
+fn write_full(out: &mut Vec<u8>, wire: &mut Wire<'_>, reply: Reply, trace: &Trace) {
+    let Reply::Full {
+        status,
+        content_type,
+        body,
+        headers,
+    } = reply
+    else {
+        return;
+    };
+    trace.status(status);
+    let mut all: Vec<(&str, &str)> = vec![("content-type", &content_type)];
+    all.extend(headers.iter().map(|(n, v)| (*n, v.as_str())));
+    let framing = if http::bodiless(status) {
+        RespFraming::Bodiless
+    } else {
+        RespFraming::Length(body.len())
+    };
+    http::write_head(out, wire, status, framing, &all);
+    if !wire.head_only && !http::bodiless(status) {
+        out.extend_from_slice(&body);
     }
 }
 
@@ -815,6 +891,52 @@ mod tests {
             let mut byte = [0u8; 1];
             let read = tokio::time::timeout(Duration::from_millis(300), conn.read(&mut byte)).await;
             assert!(read.is_err(), "a hanging mock must not answer");
+        }
+
+        #[tokio::test]
+        async fn close_next_drops_the_next_request_on_the_same_connection() {
+            let addr = start(Knobs::default()).await;
+            let keep_alive = |headers: &str| {
+                format!(
+                    "POST /v1/chat/completions HTTP/1.1\r\n{headers}Content-Length: 2\r\n\r\n{{}}"
+                )
+            };
+            let mut conn = TcpStream::connect(addr).await.unwrap();
+            conn.write_all(keep_alive("x-mock-close-next: true\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 65536];
+            let n = conn.read(&mut buf).await.unwrap();
+            let first = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+            assert!(!first.contains("connection: close"), "{first}");
+            // The next request on it is read, recorded, and answered by a close.
+            conn.write_all(keep_alive("").as_bytes()).await.unwrap();
+            let mut rest = Vec::new();
+            conn.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+            // A new connection is answered as usual.
+            let again = exchange(addr, &post("/v1/chat/completions", "", "{}")).await;
+            assert_eq!(status_and_body(&again).0, 200);
+
+            let log = exchange(addr, &get("/_mock/requests")).await;
+            let log: Value = serde_json::from_str(status_and_body(&log).1).unwrap();
+            let at: Vec<(u64, u64, Value)> = log
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["conn"].as_u64().unwrap(),
+                        r["conn_request"].as_u64().unwrap(),
+                        r["status"].clone(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                at,
+                vec![(1, 1, json!(200)), (1, 2, Value::Null), (2, 1, json!(200))]
+            );
         }
 
         #[tokio::test]
