@@ -9,7 +9,7 @@ use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 
 use crate::balancer::health::HealthCheckService;
-use crate::config::{self, seconds, ConfigError};
+use crate::config::{self, limits, ConfigError};
 use crate::downstream::{self, fdlimit, ClientLimits, Downstream};
 use crate::net::dns::DnsSettings;
 use crate::observability::access_log::{AccessLog, AccessLogService, Format, DEFAULT_FORMAT};
@@ -29,9 +29,6 @@ pub struct Prepared {
     pub max_connections: Option<u64>,
     pub dns: DnsSettings,
 }
-
-/// Longest accepted client-side timeout: a day. Beyond that a "timeout" is no bound at all.
-const MAX_CLIENT_SECS: f64 = 86_400.0;
 
 /// Load and fully validate a config file. Nothing is opened or written.
 pub fn prepare(path: &str) -> Result<Prepared, ConfigError> {
@@ -111,16 +108,7 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
 }
 
 fn client_limits(gw: &config::schema::GatewayConf) -> Result<ClientLimits, ConfigError> {
-    let secs = |v, field: &str, default| {
-        seconds(
-            v,
-            &format!("gateway.{field}"),
-            default,
-            0.0,
-            MAX_CLIENT_SECS,
-        )
-        .and_then(|d| positive(d, field))
-    };
+    let secs = |v, field: &str, default| secs_field(v, &format!("gateway.{field}"), default, false);
     let max_header_size = gw
         .max_header_size
         .unwrap_or(downstream::DEFAULT_MAX_HEADER_SIZE as u64);
@@ -169,15 +157,22 @@ fn client_limits(gw: &config::schema::GatewayConf) -> Result<ClientLimits, Confi
     })
 }
 
-fn positive(d: Duration, field: &str) -> Result<Duration, ConfigError> {
-    if d.is_zero() {
-        Err(ConfigError::new(
-            format!("gateway.{field}"),
-            "must be greater than 0",
-        ))
+/// A seconds field: `default` when absent, else within `config::limits` (0 only if `zero_ok`).
+fn secs_field(
+    v: Option<f64>,
+    path: &str,
+    default: Duration,
+    zero_ok: bool,
+) -> Result<Duration, ConfigError> {
+    let Some(v) = v else {
+        return Ok(default);
+    };
+    let d = if zero_ok {
+        limits::secs_or_zero(v)
     } else {
-        Ok(d)
-    }
+        limits::secs(v)
+    };
+    d.map_err(|m| ConfigError::new(path, m))
 }
 
 fn dns_settings(c: &config::schema::DnsConf) -> Result<DnsSettings, ConfigError> {
@@ -209,35 +204,22 @@ fn dns_settings(c: &config::schema::DnsConf) -> Result<DnsSettings, ConfigError>
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
-    let timeout = seconds(c.timeout, "gateway.dns.timeout", d.timeout, 0.0, 60.0)
-        .and_then(|t| positive(t, "dns.timeout"))?;
-    let min_ttl = seconds(
-        c.min_ttl,
-        "gateway.dns.min_ttl",
-        d.min_ttl,
-        0.0,
-        MAX_CLIENT_SECS,
-    )?;
-    let max_ttl = seconds(
-        c.max_ttl,
-        "gateway.dns.max_ttl",
-        d.max_ttl,
-        0.0,
-        MAX_CLIENT_SECS,
-    )?;
+    let timeout = secs_field(c.timeout, "gateway.dns.timeout", d.timeout, false)?;
+    if timeout > Duration::from_secs(60) {
+        return Err(ConfigError::new(
+            "gateway.dns.timeout",
+            "must be at most 60 seconds",
+        ));
+    }
+    let min_ttl = secs_field(c.min_ttl, "gateway.dns.min_ttl", d.min_ttl, true)?;
+    let max_ttl = secs_field(c.max_ttl, "gateway.dns.max_ttl", d.max_ttl, true)?;
     if max_ttl < min_ttl {
         return Err(ConfigError::new(
             "gateway.dns.max_ttl",
             "must not be less than gateway.dns.min_ttl",
         ));
     }
-    let error_ttl = seconds(
-        c.error_ttl,
-        "gateway.dns.error_ttl",
-        d.error_ttl,
-        0.0,
-        3600.0,
-    )?;
+    let error_ttl = secs_field(c.error_ttl, "gateway.dns.error_ttl", d.error_ttl, true)?;
     Ok(DnsSettings {
         nameservers,
         timeout,

@@ -40,36 +40,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// A number of seconds from config as a `Duration`: `default` when absent; refused (naming
-/// `path`) unless finite and within `min..=max`. Checked here so that no later arithmetic on a
-/// configured duration can overflow or panic.
-pub fn seconds(
-    v: Option<f64>,
-    path: &str,
-    default: std::time::Duration,
-    min: f64,
-    max: f64,
-) -> Result<std::time::Duration, ConfigError> {
-    let Some(v) = v else {
-        return Ok(default);
-    };
-    if !(v.is_finite() && v >= min && v <= max) {
-        let lower = if min > 0.0 {
-            "greater than 0".to_string()
-        } else {
-            format!("at least {min}")
-        };
-        return Err(ConfigError::new(
-            path,
-            format!("must be a number of seconds {lower} and at most {max}, not {v}"),
-        ));
-    }
-    if min > 0.0 && v < 0.001 {
-        return Err(ConfigError::new(path, "must be at least 0.001 seconds"));
-    }
-    Ok(std::time::Duration::from_secs_f64(v))
-}
-
 /// The parsed file, before runtime compilation.
 pub struct Loaded {
     pub file: FileConfig,

@@ -410,3 +410,46 @@ fn hard_nofile() -> u64 {
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
     lim.rlim_max
 }
+
+#[test]
+fn bad_client_limits_and_dns_settings_are_refused_naming_the_field() {
+    let route = chat_route("http://127.0.0.1:9/v1/chat/completions", "sk", &[]);
+    for (line, path) in [
+        (
+            "  client_header_timeout: 0",
+            "gateway.client_header_timeout",
+        ),
+        (
+            "  client_body_timeout: 1e300",
+            "gateway.client_body_timeout",
+        ),
+        (
+            "  client_body_total_timeout: -1",
+            "gateway.client_body_total_timeout",
+        ),
+        ("  keepalive_timeout: .nan", "gateway.keepalive_timeout"),
+        ("  send_timeout: 86401", "gateway.send_timeout"),
+        ("  max_header_size: 100", "gateway.max_header_size"),
+        ("  max_header_size: 2000000", "gateway.max_header_size"),
+        ("  max_connections: 0", "gateway.max_connections"),
+        (
+            "  dns: { nameservers: [\"resolver.local\"] }",
+            "gateway.dns.nameservers[0]",
+        ),
+        ("  dns: { nameservers: [] }", "gateway.dns.nameservers"),
+        ("  dns: { timeout: 120 }", "gateway.dns.timeout"),
+        ("  dns: { min_ttl: 60, max_ttl: 10 }", "gateway.dns.max_ttl"),
+        ("  dns: { error_ttl: -5 }", "gateway.dns.error_ttl"),
+        ("  dns: { ttl: 5 }", "gateway.dns"),
+    ] {
+        let text = format!("gateway:\n  listen: 127.0.0.1:9999\n{line}\n{route}");
+        let (ok, out) = check_config(&text, &[]);
+        assert!(!ok, "{line} was accepted");
+        assert!(out.contains(path), "{line}: {out}");
+    }
+    let good = format!(
+        "gateway:\n  listen: 127.0.0.1:9999\n  client_header_timeout: 0.5\n  max_connections: 10\n  dns: {{ nameservers: [\"10.0.0.2\", \"[::1]:5353\"], timeout: 2, min_ttl: 0, max_ttl: 60, error_ttl: 0 }}\n{route}"
+    );
+    let (ok, out) = check_config(&good, &[]);
+    assert!(ok, "{out}");
+}
