@@ -106,13 +106,6 @@ pub async fn send(
         &opts,
     );
     let what = endpoint.to_string();
-    let (mut session, _reused) = connector()
-        .get_http_session(&peer)
-        .await
-        .map_err(|e| classify(&e, &what))?;
-    session.set_read_timeout(Some(timeout));
-    session.set_write_timeout(Some(timeout));
-
     let mut req = RequestHeader::build(method, path_and_query.as_bytes(), None)
         .map_err(|e| ClientError::Io(format!("bad request for {what}: {e}")))?;
     req.insert_header("Host", endpoint.authority())
@@ -124,57 +117,85 @@ pub async fn send(
     req.insert_header("Content-Length", body.len().to_string())
         .map_err(|e| ClientError::Io(e.to_string()))?;
 
-    let exchange = async {
-        session
-            .write_request_header(Box::new(req))
-            .await
-            .map_err(|e| classify(&e, &what))?;
-        if !body.is_empty() {
-            session
-                .write_request_body(body, true)
-                .await
-                .map_err(|e| classify(&e, &what))?;
+    // A pooled connection the server dropped while idle fails before answering: one more try on
+    // a fresh connection (never pooled afterwards), as the proxy does for ai-proxy.
+    let mut fresh = false;
+    loop {
+        let mut peer = peer.clone();
+        if fresh {
+            peer.group_key = super::peer::fresh_group_key();
         }
-        session
-            .finish_request_body()
+        let (mut session, reused) = connector()
+            .get_http_session(&peer)
             .await
             .map_err(|e| classify(&e, &what))?;
-        session
-            .read_response_header()
-            .await
-            .map_err(|e| classify(&e, &what))?;
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = session
-            .read_response_body()
-            .await
-            .map_err(|e| classify(&e, &what))?
-        {
-            if buf.len().saturating_add(chunk.len()) > max_response {
-                return Err(ClientError::TooLarge(format!(
-                    "{what}: response larger than {max_response} bytes"
-                )));
+        session.set_read_timeout(Some(timeout));
+        session.set_write_timeout(Some(timeout));
+        match exchange(&mut session, req.clone(), body.clone(), max_response, &what).await {
+            Ok(resp) => {
+                if fresh {
+                    session.shutdown().await;
+                } else {
+                    connector()
+                        .release_http_session(session, &peer, peer.options.idle_timeout)
+                        .await;
+                }
+                return Ok(resp);
             }
-            buf.extend_from_slice(&chunk);
-        }
-        let header = session
-            .response_header()
-            .cloned()
-            .ok_or_else(|| ClientError::Io(format!("{what}: no response header")))?;
-        Ok(Response {
-            header,
-            body: buf.freeze(),
-        })
-    };
-    match exchange.await {
-        Ok(resp) => {
-            connector()
-                .release_http_session(session, &peer, peer.options.idle_timeout)
-                .await;
-            Ok(resp)
-        }
-        Err(e) => {
-            session.shutdown().await;
-            Err(e)
+            Err((err, cause)) => {
+                session.shutdown().await;
+                let stale = reused
+                    && !fresh
+                    && cause
+                        .as_deref()
+                        .is_some_and(super::peer::failed_before_answer);
+                if !stale {
+                    return Err(err);
+                }
+                log::info!(
+                    "{what}: a pooled connection failed before answering; retrying on a fresh one"
+                );
+                fresh = true;
+            }
         }
     }
+}
+
+/// One request/answer on `session`. On failure, the Pingora error behind it (if any) says
+/// whether the answer had started.
+async fn exchange(
+    session: &mut pingora_core::protocols::http::client::HttpSession,
+    req: RequestHeader,
+    body: Bytes,
+    max_response: usize,
+    what: &str,
+) -> Result<Response, (ClientError, Option<Box<pingora_error::Error>>)> {
+    let fail = |e: Box<pingora_error::Error>| (classify(&e, what), Some(e));
+    session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(fail)?;
+    if !body.is_empty() {
+        session.write_request_body(body, true).await.map_err(fail)?;
+    }
+    session.finish_request_body().await.map_err(fail)?;
+    session.read_response_header().await.map_err(fail)?;
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = session.read_response_body().await.map_err(fail)? {
+        if buf.len().saturating_add(chunk.len()) > max_response {
+            return Err((
+                ClientError::TooLarge(format!("{what}: response larger than {max_response} bytes")),
+                None,
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let header = session
+        .response_header()
+        .cloned()
+        .ok_or_else(|| (ClientError::Io(format!("{what}: no response header")), None))?;
+    Ok(Response {
+        header,
+        body: buf.freeze(),
+    })
 }

@@ -8,14 +8,13 @@
 //! retry a POST. Each retry calls `upstream_peer` again, which picks the next untried instance
 //! and rewrites the body for it; the replay session hands the whole body to every attempt.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, RetryType};
+use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
 use crate::balancer::health::Outcome;
+use crate::net::peer;
 
 /// `upstream_response_filter`: `Some(error)` to try the next instance instead of answering.
 pub fn on_status(status: u16, ctx: &mut RequestCtx) -> Option<Box<Error>> {
@@ -109,31 +108,10 @@ pub fn on_transport_error(
     e
 }
 
-/// A reused (pooled) upstream connection that failed before a single byte of the answer came
-/// back: the provider had closed it while it sat idle (or reset it when the request arrived).
-/// Nothing was processed, and the replay session hands the whole body to every attempt, so one
-/// more attempt is safe. Pingora marks exactly these failures `ReusedOnly`; its message says
-/// how many bytes of the response header had been read, and any byte means the answer had
-/// started. A failed write of the request on a reused connection also means the provider never
-/// got the whole request.
+/// A failure of a reused connection before the answer started (see `net::peer`); for the
+/// proxy it must also be the upstream's.
 fn stale_connection(e: &Error, client_reused: bool) -> bool {
-    if !client_reused || e.esource() != &ErrorSource::Upstream {
-        return false;
-    }
-    match (&e.retry, e.etype()) {
-        (RetryType::ReusedOnly, _) => {
-            // The message may sit deeper in the chain (`error_while_proxy` adds the peer).
-            let text = e.to_string();
-            match text.rsplit_once("bytes already read: ") {
-                Some((_, n)) => {
-                    n.starts_with('0') && !n[1..].starts_with(|c: char| c.is_ascii_digit())
-                }
-                None => true,
-            }
-        }
-        (_, ErrorType::WriteError) => true,
-        _ => false,
-    }
+    client_reused && e.esource() == &ErrorSource::Upstream && peer::failed_before_answer(e)
 }
 
 /// `upstream_peer`: the retry after a stale pooled connection must not pick another pooled one
@@ -141,9 +119,8 @@ fn stale_connection(e: &Error, client_reused: bool) -> bool {
 /// key is part of Pingora's pool key, so a key no pooled connection has forces a new
 /// connection; that attempt says `Connection: close` (`shape_request`), so nothing is ever
 /// pooled under it.
-pub fn fresh_connection(peer: &mut HttpPeer, ctx: &RequestCtx) {
-    static FRESH: AtomicU64 = AtomicU64::new(1);
+pub fn fresh_connection(p: &mut HttpPeer, ctx: &RequestCtx) {
     if ctx.stale_retry {
-        peer.group_key = FRESH.fetch_add(1, Ordering::Relaxed);
+        p.group_key = peer::fresh_group_key();
     }
 }

@@ -318,3 +318,33 @@ fn an_llm_answer_larger_than_max_body_size_gives_a_502_and_the_upstream_gets_not
     llm.set(json!({"content": null}));
     assert_eq!(gw.chat("/anything", &seed_body()).status, 200);
 }
+
+#[test]
+fn the_llm_call_retries_a_stale_pooled_connection_once_on_a_fresh_one() {
+    // passthrough's first hop is the gateway's own client: it too survives a provider that
+    // dropped an idle pooled connection.
+    let llm = Mock::start("pt-stale");
+    let echo = Mock::start("echo");
+    let gw = Gateway::start(&route(&llm.chat_url(), &echo, true));
+    let r = gw.chat_with("/anything", &[("x-mock-close-next", "true")], &seed_body());
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let r = gw.chat("/anything", &seed_body());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let calls = llm.llm_requests();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    // The second call went out on the pooled connection, which the mock dropped...
+    assert_eq!(calls[1]["conn"], calls[0]["conn"]);
+    assert!(calls[1]["status"].is_null(), "{}", calls[1]);
+    // ...and again on a connection of its own, answered once, not pooled afterwards.
+    assert_ne!(calls[2]["conn"], calls[0]["conn"]);
+    assert_eq!(calls[2]["status"], 200);
+    // (The echo service got the control header too, and dropped its own pooled connection
+    // the same way: the second hop is retried as well.)
+    let answered = echo
+        .llm_requests()
+        .iter()
+        .filter(|r| r["status"] == 200)
+        .count();
+    assert_eq!(answered, 2);
+}
