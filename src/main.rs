@@ -36,9 +36,14 @@ struct Cli {
 
 const AFTER_HELP: &str = "\
 Config file sections:
-  server:   Pingora's own settings (threads, pid_file, upgrade_sock, grace_period_seconds, ...)
+  server:   Pingora's own settings (threads, pid_file, upgrade_sock, grace_period_seconds,
+            ca_file for trusting a private CA on every outbound TLS connection, ...)
   gateway:  listen (address or list), admin {listen, key}, data_dir,
-            access_log {path: file | - | off, format: nginx-style $variables}, max_body_size
+            access_log {path: file | - | off, format: nginx-style $variables}, max_body_size,
+            client limits in seconds: client_header_timeout (60), client_body_timeout (60),
+            client_body_total_timeout (300), keepalive_timeout (75), send_timeout (60);
+            max_header_size (65536 bytes), max_connections (from the fd limit),
+            dns {nameservers, timeout, min_ttl, max_ttl, error_ttl}
   routes:   APISIX route objects (uri/uris/paths, methods, hosts, vars, priority, service_id,
             plugins: {ai-proxy: ...}, upstream)
   services: APISIX service objects (id, plugins, upstream)
