@@ -112,11 +112,15 @@ fn client_limits(gw: &config::schema::GatewayConf) -> Result<ClientLimits, Confi
     let max_header_size = gw
         .max_header_size
         .unwrap_or(downstream::DEFAULT_MAX_HEADER_SIZE as u64);
-    // Pingora refuses headers of 1 MiB and more itself.
-    if !(1024..1024 * 1024).contains(&max_header_size) {
+    // What `Downstream` reads ahead for a header (at most this plus one byte) is handed to
+    // Pingora, which refuses anything past 1 MiB: half of that leaves room for any header.
+    if !(1024..=downstream::MAX_HEADER_SIZE_LIMIT as u64).contains(&max_header_size) {
         return Err(ConfigError::new(
             "gateway.max_header_size",
-            format!("must be between 1024 and 1048575 bytes, not {max_header_size}"),
+            format!(
+                "must be between 1024 and {} bytes, not {max_header_size}",
+                downstream::MAX_HEADER_SIZE_LIMIT
+            ),
         ));
     }
     if gw.max_connections == Some(0) {

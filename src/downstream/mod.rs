@@ -55,6 +55,8 @@ pub const DEFAULT_BODY_TOTAL_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
+/// The largest `max_header_size` accepted (Pingora's own cap is 1 MiB).
+pub const MAX_HEADER_SIZE_LIMIT: usize = 512 * 1024;
 
 /// How the header read ended.
 enum Head {
@@ -204,27 +206,29 @@ async fn read_head(
     let mut deadline = tokio::time::Instant::now() + idle;
     let mut receiving = false;
     loop {
-        if buf.len() == buf.capacity() {
-            // Grow in steps, never past the limit (plus one byte, to tell "at" from "over").
-            let room = (l.max_header_size + 1).saturating_sub(buf.len());
-            if room == 0 {
-                return Head::TooLarge;
-            }
-            buf.reserve(room.min(buf.len().max(2048)));
-        }
+        // Never hold more than the limit (plus one byte, to tell "at" from "over"): this also
+        // keeps what Pingora gets below its own 1 MiB header cap, whatever followed the header.
         let filled = buf.len();
+        let room = (l.max_header_size + 1).saturating_sub(filled);
+        if room == 0 {
+            return Head::TooLarge;
+        }
+        // Reads double in size, starting small: most headers are a few hundred bytes.
+        buf.resize(filled + room.min(filled.max(2048)), 0);
+        let read = stream.read(&mut buf[filled..]);
         tokio::select! {
             biased;
-            r = stream.read_buf(&mut buf) => match r {
+            r = read => match r {
                 Ok(0) | Err(_) => {
                     if receiving {
                         log::debug!("client closed the connection mid-header ({filled} bytes)");
                     }
                     return Head::Gone;
                 }
-                Ok(_) => {
-                    if let Some(n) = end.feed(&buf[filled..]) {
-                        if n > l.max_header_size {
+                Ok(n) => {
+                    buf.truncate(filled + n);
+                    if let Some(end_at) = end.feed(&buf[filled..]) {
+                        if end_at > l.max_header_size {
                             return Head::TooLarge;
                         }
                         return Head::Ready(buf);

@@ -430,7 +430,7 @@ fn bad_client_limits_and_dns_settings_are_refused_naming_the_field() {
         ("  keepalive_timeout: .nan", "gateway.keepalive_timeout"),
         ("  send_timeout: 86401", "gateway.send_timeout"),
         ("  max_header_size: 100", "gateway.max_header_size"),
-        ("  max_header_size: 2000000", "gateway.max_header_size"),
+        ("  max_header_size: 524289", "gateway.max_header_size"),
         ("  max_connections: 0", "gateway.max_connections"),
         (
             "  dns: { nameservers: [\"resolver.local\"] }",
@@ -452,4 +452,22 @@ fn bad_client_limits_and_dns_settings_are_refused_naming_the_field() {
     );
     let (ok, out) = check_config(&good, &[]);
     assert!(ok, "{out}");
+}
+
+#[test]
+fn a_large_header_limit_still_takes_a_body_sent_with_the_header() {
+    // The header and the start of the body arrive together; what the gateway reads ahead for
+    // the header must stay within Pingora's own 1 MiB header cap whatever follows it.
+    let mock = Mock::start("m");
+    let gw = gateway(&mock, "  max_header_size: 524288\n");
+    let text = "x".repeat(3 * 1024 * 1024);
+    let r = gw.chat("/v1/chat/completions", &chat_body(&text));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let big = "h".repeat(500_000);
+    let r = gw.chat_with(
+        "/v1/chat/completions",
+        &[("x-big", &big)],
+        &chat_body(&text),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
 }
