@@ -43,6 +43,15 @@ fn still_serving(gw: &Gateway) {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// The chat route on `mock` plus a plain route `/anything` to `upstream`.
+fn chat_and_plain_routes(mock: &Mock, upstream: &Mock) -> String {
+    format!(
+        "{}  - id: plain\n    uri: /anything\n    upstream:\n      nodes:\n        \"127.0.0.1:{}\": 1\n",
+        chat_route(&mock.chat_url(), "sk", &[]),
+        upstream.port
+    )
+}
+
 fn gateway(mock: &Mock, extra: &str) -> Gateway {
     Gateway::start_with(&chat_route(&mock.chat_url(), "sk", &[]), limits(extra))
 }
@@ -170,11 +179,7 @@ fn a_stalled_body_is_cut_at_client_body_timeout() {
 fn a_body_trickled_under_the_read_timeout_is_cut_at_client_body_total_timeout() {
     let mock = Mock::start("m");
     let upstream = Mock::start("plain");
-    let routes = format!(
-        "{}  - id: plain\n    uri: /anything\n    upstream:\n      nodes:\n        \"127.0.0.1:{}\": 1\n",
-        chat_route(&mock.chat_url(), "sk", &[]),
-        upstream.port
-    );
+    let routes = chat_and_plain_routes(&mock, &upstream);
     let gw = Gateway::start_with(
         &routes,
         limits("  client_body_timeout: 5\n  client_body_total_timeout: 1\n"),
@@ -321,11 +326,7 @@ fn beyond_max_connections_new_connections_get_503_and_accepted_ones_are_served()
 fn a_bad_chunk_size_is_400_and_the_connection_closes() {
     let mock = Mock::start("m");
     let upstream = Mock::start("plain");
-    let routes = format!(
-        "{}  - id: plain\n    uri: /anything\n    upstream:\n      nodes:\n        \"127.0.0.1:{}\": 1\n",
-        chat_route(&mock.chat_url(), "sk", &[]),
-        upstream.port
-    );
+    let routes = chat_and_plain_routes(&mock, &upstream);
     let gw = Gateway::start_with(&routes, GatewayOpts::default());
     for size in ["zz", "-5"] {
         let mut s = raw(gw.port);
