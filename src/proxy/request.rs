@@ -274,8 +274,8 @@ fn view<'a>(session: &'a Session, body: Option<&'a dyn PostArgs>) -> RequestView
     }
 }
 
-/// `post_arg.*` over the parsed body.
-struct BodyArgs<'a>(&'a LlmRequest);
+/// `post_arg.*` over the parsed body. Public for the route-matching benchmark.
+pub struct BodyArgs<'a>(pub &'a LlmRequest);
 
 impl PostArgs for BodyArgs<'_> {
     fn post_arg(&self, path: &[&str]) -> Option<Value<'_>> {
