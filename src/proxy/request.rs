@@ -2,7 +2,6 @@
 //! preparing the LLM call. Everything that can be refused is refused here, before anything is sent
 //! upstream.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 use bytes::{Bytes, BytesMut};
@@ -12,7 +11,7 @@ use super::ctx::{LlmCall, LlmPlugin, RequestCtx, RequestType, ResponseTap};
 use super::errors::GatewayError;
 use super::{outbound, replay, Gateway};
 use crate::llm::request::{BodyError, LlmRequest};
-use crate::router::vars::{PostArgs, Value};
+use crate::router::vars::{JsonArg, PostArgs, Value};
 use crate::router::RequestView;
 
 /// Outcome of the request phase.
@@ -278,19 +277,16 @@ fn view<'a>(session: &'a Session, body: Option<&'a dyn PostArgs>) -> RequestView
 pub struct BodyArgs<'a>(pub &'a LlmRequest);
 
 impl PostArgs for BodyArgs<'_> {
+    /// The whole value decoded, for callers that need a value rather than a comparison
+    /// (ai-proxy-multi hash keys); the router compares the JSON text instead.
     fn post_arg(&self, path: &[&str]) -> Option<Value<'_>> {
-        fn conv(v: serde_json::Value) -> Option<Value<'static>> {
-            Some(match v {
-                serde_json::Value::Null => return None,
-                serde_json::Value::Bool(b) => Value::Bool(b),
-                serde_json::Value::Number(n) => Value::Num(n.as_f64()?),
-                serde_json::Value::String(s) => Value::Str(Cow::Owned(s)),
-                serde_json::Value::Array(a) => {
-                    Value::List(a.into_iter().filter_map(conv).collect())
-                }
-                o @ serde_json::Value::Object(_) => Value::Str(Cow::Owned(o.to_string())),
-            })
+        Value::from_json(serde_json::from_str(self.0.lookup(path)?).ok()?)
+    }
+
+    fn post_arg_json(&self, path: &[&str]) -> JsonArg<'_> {
+        match self.0.lookup(path) {
+            Some(json) => JsonArg::Found(json),
+            None => JsonArg::Absent,
         }
-        conv(self.0.lookup(path)?)
     }
 }
