@@ -10,6 +10,7 @@ use pingora_core::services::background::background_service;
 use crate::balancer::health::HealthCheckService;
 use crate::config::{self, ConfigError};
 use crate::observability::access_log::{AccessLog, AccessLogService, Format, DEFAULT_FORMAT};
+use crate::proxy::body_budget::BodyBudget;
 use crate::proxy::Gateway;
 use crate::store::{Snapshot, Store};
 
@@ -21,6 +22,7 @@ pub struct Prepared {
     pub access_log_path: String,
     pub access_log_format: Format,
     pub max_body_size: u64,
+    pub max_inflight_body_bytes: Option<u64>,
 }
 
 /// Load and fully validate a config file. Nothing is opened or written.
@@ -67,6 +69,22 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
             "must be greater than 0",
         ));
     }
+    if let Some(budget) = gw.max_inflight_body_bytes {
+        let path = "gateway.max_inflight_body_bytes";
+        if budget == 0 {
+            return Err(ConfigError::new(path, "must be greater than 0"));
+        }
+        // Below one maximal body, such a body would be refused even by an idle gateway.
+        if budget < gw.max_body_size {
+            return Err(ConfigError::new(
+                path,
+                format!(
+                    "must be at least gateway.max_body_size ({} bytes), not {budget}",
+                    gw.max_body_size
+                ),
+            ));
+        }
+    }
     let access_log_format =
         Format::parse(gw.access_log.format.as_deref().unwrap_or(DEFAULT_FORMAT))
             .map_err(|m| ConfigError::new("gateway.access_log.format", m))?;
@@ -88,6 +106,7 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
         access_log_path: gw.access_log.path.clone(),
         access_log_format,
         max_body_size: gw.max_body_size,
+        max_inflight_body_bytes: gw.max_inflight_body_bytes,
     })
 }
 
@@ -113,6 +132,7 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
         store: store.clone(),
         access_log: access_log.clone(),
         max_body_size: prepared.max_body_size,
+        body_budget: prepared.max_inflight_body_bytes.map(BodyBudget::new),
     };
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,

@@ -38,6 +38,9 @@ pub struct GatewayConf {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_size")]
     pub max_body_size: u64,
+    /// All request bodies held in memory at once, in bytes; absent = no budget.
+    #[serde(default)]
+    pub max_inflight_body_bytes: Option<u64>,
 }
 
 impl Default for GatewayConf {
@@ -48,6 +51,7 @@ impl Default for GatewayConf {
             data_dir: default_data_dir(),
             access_log: AccessLogConf::default(),
             max_body_size: default_max_body_size(),
+            max_inflight_body_bytes: None,
         }
     }
 }

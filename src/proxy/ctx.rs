@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
+use super::body_budget::Reservation;
 use super::errors::GatewayError;
 use super::replay::ReplayToken;
 use crate::llm::json_tap::JsonTap;
@@ -133,6 +134,9 @@ pub struct RequestCtx {
     pub client_gone: bool,
     /// Read the rest of a refused body before the connection is closed (see `request_filter`).
     pub drain_before_close: bool,
+    /// The body's share of `gateway.max_inflight_body_bytes`, held while the body is (until the
+    /// request ends, when dropping the context gives it back).
+    pub body_reservation: Option<Reservation>,
 }
 
 impl RequestCtx {
@@ -156,6 +160,7 @@ impl RequestCtx {
             error: None,
             client_gone: false,
             drain_before_close: false,
+            body_reservation: None,
         }
     }
 }

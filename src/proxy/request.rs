@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
 
+use super::body_budget::BodyClaim;
 use super::ctx::{LlmCall, LlmPlugin, RequestCtx, RequestType, ResponseTap};
 use super::errors::GatewayError;
 use super::{outbound, replay, Gateway};
@@ -33,7 +34,7 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
     let mut body: Option<Bytes> = None;
     let mut parsed: Option<LlmRequest> = None;
     if needs_body && has_body(session) {
-        match read_body(session, gw.max_body_size).await {
+        match read_body_budgeted(gw, session, ctx).await {
             Ok(b) => body = Some(b),
             Err(e) => return Verdict::Reject(e),
         }
@@ -81,7 +82,7 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
         None => {
             let b = match body {
                 Some(b) => b,
-                None => match read_body(session, gw.max_body_size).await {
+                None => match read_body_budgeted(gw, session, ctx).await {
                     Ok(b) => b,
                     Err(e) => return Verdict::Reject(e),
                 },
@@ -167,10 +168,28 @@ fn is_json(ct: &[u8]) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
+/// `read_body` within `gateway.max_inflight_body_bytes`: the reservation is kept in the context as
+/// long as the body is (to the end of the request), and given back at once when reading fails.
+async fn read_body_budgeted(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Bytes, GatewayError> {
+    let mut claim = BodyClaim::new(gw.body_budget.as_ref());
+    let body = read_body(session, gw.max_body_size, &mut claim).await?;
+    ctx.body_reservation = claim.into_reservation();
+    Ok(body)
+}
+
 /// Read the whole request body, refusing it past `max` bytes. When Content-Length already says it
 /// is too large the body is not read at all; Pingora drains it before reusing the connection, so
-/// the client reads the 413 instead of a reset.
-async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, GatewayError> {
+/// the client reads the 413 instead of a reset. The bytes are reserved in `claim` before they are
+/// read (503 when the gateway holds too much already).
+async fn read_body(
+    session: &mut Session,
+    max: u64,
+    claim: &mut BodyClaim,
+) -> Result<Bytes, GatewayError> {
     let declared = session
         .req_header()
         .headers
@@ -180,6 +199,7 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, GatewayErro
     if declared.is_some_and(|n| n > max) {
         return Err(GatewayError::too_large(max));
     }
+    claim.cover(declared.unwrap_or(0))?;
     // The gateway consumes the body itself, so it answers `Expect: 100-continue` itself and does
     // not forward the expectation.
     let expects = session
@@ -219,6 +239,7 @@ async fn read_body(session: &mut Session, max: u64) -> Result<Bytes, GatewayErro
         if total > max {
             return Err(GatewayError::too_large(max));
         }
+        claim.cover(total)?;
         // A body that arrives in one read is kept as is; only multi-read bodies are copied.
         match (&mut first, &mut buf) {
             (None, None) => first = Some(chunk),
