@@ -175,6 +175,10 @@ pub fn config_text(
 }
 
 impl Gateway {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start(resources: &str) -> Gateway {
         Self::start_with(resources, GatewayOpts::default())
     }
