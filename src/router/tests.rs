@@ -1730,8 +1730,8 @@ fn gen_rule(rng: &mut Rng, var: &str, values: &[&Json]) -> Json {
     let (op, val) = match rng.below(11) {
         0 => ("==", lit(rng)),
         1 => ("~=", lit(rng)),
-        2 | 3 | 4 | 5 => {
-            let op = ["> ", ">=", "<", "<="][rng.below(4)].trim();
+        2..=5 => {
+            let op = [">", ">=", "<", "<="][rng.below(4)];
             let n = match rng.below(3) {
                 0 => json!(rng.below(12) as i64 - 2),
                 1 => json!("5"),
