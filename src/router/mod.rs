@@ -445,17 +445,26 @@ impl Router {
     /// body (`body: None`) read as unset. Each `post_arg` path is looked up at
     /// most once, however many candidates read it.
     pub fn find(&self, req: &RequestView) -> Option<usize> {
+        match req.body {
+            Some(_) if !self.body_paths.is_empty() => {
+                let memo = vars::BodyMemo::new(self.body_paths.len());
+                self.find_with(req, Some(&memo))
+            }
+            // Requests routed without their body keep the memo off the stack.
+            _ => self.find_with(req, None),
+        }
+    }
+
+    #[inline]
+    fn find_with<'a>(
+        &self,
+        req: &RequestView<'a>,
+        memo: Option<&vars::BodyMemo<'a>>,
+    ) -> Option<usize> {
         let p = Router::prepare(req);
-        let memo = req
-            .body
-            .filter(|_| !self.body_paths.is_empty())
-            .map(|_| vars::BodyMemo::new(self.body_paths.len()));
         self.visit(req, &p, &mut |route, check_host| {
             if route.pre_match(&p, check_host)
-                && route
-                    .vars
-                    .as_ref()
-                    .is_none_or(|v| v.eval_memo(req, memo.as_ref()))
+                && route.vars.as_ref().is_none_or(|v| v.eval_memo(req, memo))
             {
                 Some(route.id)
             } else {
