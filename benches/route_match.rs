@@ -3,13 +3,21 @@
 //! 1..=5, and 100 routes on the shared AI endpoints that carry hosts and/or
 //! vars (header and query-argument rules).
 //!
+//! A second group, `route_match_post_arg`, routes by the JSON body: the same 1,000 routes plus
+//! eight candidates on `/ai/chat/completions` that differ by `post_arg.model` (and a ninth that
+//! reads `post_arg.metadata.tenant`), against a short chat body, a 1 MiB conversation and a body
+//! whose `model` is a 256 KiB array (the memory-amplification shape; no route matches it).
+//!
 //! Run: `cargo bench --bench route_match` (add `-- --quick` for a short run).
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
-use aigate::router::vars::Expr;
+use aigate::llm::request::LlmRequest;
+use aigate::proxy::request::BodyArgs;
+use aigate::router::vars::{Expr, PostArgs};
 use aigate::router::{MatchMode, RequestView, RouteEntry, Router};
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
 use serde_json::json;
@@ -92,6 +100,10 @@ impl Req {
     }
 
     fn view(&self) -> RequestView<'_> {
+        self.view_body(None)
+    }
+
+    fn view_body<'a>(&'a self, body: Option<&'a dyn PostArgs>) -> RequestView<'a> {
         RequestView {
             method: self.method,
             path: self.path,
@@ -101,9 +113,81 @@ impl Req {
             remote_addr: Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))),
             scheme: "https",
             server_port: 443,
-            body: None,
+            body,
         }
     }
+}
+
+/// `routes()` plus the model-routed candidates on `/ai/chat/completions`: eight
+/// `post_arg.model == "model-K"` routes, then one on `post_arg.metadata.tenant`.
+fn post_arg_routes() -> Vec<RouteEntry> {
+    let mut out = routes();
+    for k in 0..8 {
+        let mut e = entry(out.len(), "/ai/chat/completions".to_string());
+        e.methods = Some(vec!["POST".into()]);
+        e.vars = Some(
+            Expr::compile(&json!([["post_arg.model", "==", format!("model-{k}")]]))
+                .expect("bench vars compile"),
+        );
+        out.push(e);
+    }
+    let mut e = entry(out.len(), "/ai/chat/completions".to_string());
+    e.vars = Some(
+        Expr::compile(&json!([["post_arg.metadata.tenant", "==", "ops"]]))
+            .expect("bench vars compile"),
+    );
+    out.push(e);
+    out
+}
+
+fn parsed(v: serde_json::Value) -> LlmRequest {
+    LlmRequest::parse(Bytes::from(v.to_string())).expect("bench body parses")
+}
+
+fn bench_post_arg(c: &mut Criterion) {
+    let router = Router::new(post_arg_routes()).expect("bench routes build");
+    let req = Req::new("POST", "/ai/chat/completions");
+
+    // A realistic chat request for the seventh candidate.
+    let chat = parsed(json!({
+        "model": "model-6",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"}
+        ],
+        "temperature": 0.7,
+        "metadata": {"tenant": "ops"}
+    }));
+    // A 1 MiB conversation, model last.
+    let turns: Vec<serde_json::Value> = (0..1024)
+        .map(|i| {
+            json!({"role": if i % 2 == 0 { "user" } else { "assistant" },
+                   "content": "x".repeat(1000)})
+        })
+        .collect();
+    let large = parsed(json!({"messages": turns, "model": "model-6"}));
+    // `model` a 256 KiB array of small strings: no candidate matches.
+    let items: Vec<String> = (0..32 * 1024)
+        .map(|i| format!("m{:04}", i % 10_000))
+        .collect();
+    let array = parsed(json!({"model": items, "messages": [{"role": "user", "content": "hi"}]}));
+
+    let find = |body: &LlmRequest| {
+        let args = BodyArgs(body);
+        router.find(&req.view_body(Some(&args)))
+    };
+    assert_eq!(find(&chat), Some(1006));
+    assert_eq!(find(&large), Some(1006));
+    assert_eq!(find(&array), None);
+
+    let mut g = c.benchmark_group("route_match_post_arg");
+    g.bench_function("chat_body", |b| b.iter(|| find(black_box(&chat))));
+    g.bench_function("large_conversation_1mib", |b| {
+        b.iter(|| find(black_box(&large)))
+    });
+    g.sample_size(10);
+    g.bench_function("model_array_256kib", |b| b.iter(|| find(black_box(&array))));
+    g.finish();
 }
 
 fn bench(c: &mut Criterion) {
@@ -160,5 +244,5 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, bench_post_arg);
 criterion_main!(benches);

@@ -13,6 +13,7 @@ use crate::config::{self, limits, ConfigError};
 use crate::downstream::{self, fdlimit, ClientLimits, Downstream};
 use crate::net::dns::DnsSettings;
 use crate::observability::access_log::{AccessLog, AccessLogService, Format, DEFAULT_FORMAT};
+use crate::proxy::body_budget::BodyBudget;
 use crate::proxy::Gateway;
 use crate::store::{Snapshot, Store};
 
@@ -28,6 +29,7 @@ pub struct Prepared {
     /// `gateway.max_connections` as configured (`None`: derived from the fd limit at start).
     pub max_connections: Option<u64>,
     pub dns: DnsSettings,
+    pub max_inflight_body_bytes: Option<u64>,
 }
 
 /// Load and fully validate a config file. Nothing is opened or written.
@@ -76,6 +78,22 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
             format!("must be between 1 and {max_body} (bytes)"),
         ));
     }
+    if let Some(budget) = gw.max_inflight_body_bytes {
+        let path = "gateway.max_inflight_body_bytes";
+        if budget == 0 {
+            return Err(ConfigError::new(path, "must be greater than 0"));
+        }
+        // Below one maximal body, such a body would be refused even by an idle gateway.
+        if budget < gw.max_body_size {
+            return Err(ConfigError::new(
+                path,
+                format!(
+                    "must be at least gateway.max_body_size ({} bytes), not {budget}",
+                    gw.max_body_size
+                ),
+            ));
+        }
+    }
     let access_log_format =
         Format::parse(gw.access_log.format.as_deref().unwrap_or(DEFAULT_FORMAT))
             .map_err(|m| ConfigError::new("gateway.access_log.format", m))?;
@@ -101,6 +119,7 @@ fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
         access_log_path: gw.access_log.path.clone(),
         access_log_format,
         max_body_size: gw.max_body_size,
+        max_inflight_body_bytes: gw.max_inflight_body_bytes,
         limits,
         max_connections: gw.max_connections,
         dns,
@@ -271,6 +290,7 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
         access_log: access_log.clone(),
         max_body_size: prepared.max_body_size,
         body_total_timeout: limits.body_total_timeout,
+        body_budget: prepared.max_inflight_body_bytes.map(BodyBudget::new),
     };
     // The proxy runs inside `Downstream`, which enforces the client-side limits around it.
     let proxy = pingora_proxy::http_proxy(&server.configuration, gateway);

@@ -61,6 +61,9 @@ pub struct GatewayConf {
     pub max_connections: Option<u64>,
     #[serde(default)]
     pub dns: DnsConf,
+    /// All request bodies held in memory at once, in bytes; absent = no budget.
+    #[serde(default)]
+    pub max_inflight_body_bytes: Option<u64>,
 }
 
 /// `gateway.dns`: how provider and upstream names are resolved.
@@ -100,6 +103,7 @@ impl Default for GatewayConf {
             max_header_size: None,
             max_connections: None,
             dns: DnsConf::default(),
+            max_inflight_body_bytes: None,
         }
     }
 }

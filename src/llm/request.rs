@@ -5,11 +5,12 @@
 //! those bytes once into the upstream body and splices in the plugin's options.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -260,26 +261,123 @@ impl LlmRequest {
         (bytes as u64 / 4).max(1)
     }
 
-    /// `post_arg.a.b`: a field of the body, descending into objects (and arrays by index).
-    pub fn lookup(&self, path: &[&str]) -> Option<serde_json::Value> {
+    /// `post_arg.a.b`: the JSON text of a field of the body, borrowed from the body, descending
+    /// into objects by key and into arrays by decimal index.
+    ///
+    /// Only the path is read. Each level is one streaming pass over its container that skips the
+    /// other members without decoding them (serde's `IgnoredAny`) and captures the wanted one as a
+    /// `&RawValue`, so memory does not grow with the body, with what is skipped or with the value
+    /// found; deciding what the value means is left to whoever compares it. An object is read to
+    /// its end because the last of duplicate keys wins (as for the top-level fields and in
+    /// `serde_json::Value`); an array is left right after the element.
+    pub fn lookup(&self, path: &[&str]) -> Option<&str> {
         let (first, rest) = path.split_first()?;
-        let raw = self.raw(first)?;
-        let mut v: serde_json::Value = serde_json::from_str(raw).ok()?;
+        let mut cur = self.raw(first)?;
         for seg in rest {
-            v = match v {
-                serde_json::Value::Object(mut m) => m.remove(*seg)?,
-                serde_json::Value::Array(mut a) => {
-                    let i: usize = seg.parse().ok()?;
-                    if i < a.len() {
-                        a.swap_remove(i)
-                    } else {
-                        return None;
-                    }
-                }
-                _ => return None,
-            };
+            cur = json_member(cur, seg)?;
         }
-        Some(v)
+        Some(cur)
+    }
+}
+
+/// The member `seg` of the JSON object or array `json` (one complete JSON value), as JSON text.
+fn json_member<'a>(json: &'a str, seg: &str) -> Option<&'a str> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    match json.as_bytes().first()? {
+        b'{' => de
+            .deserialize_map(Member(seg))
+            .ok()
+            .flatten()
+            .map(RawValue::get),
+        b'[' => {
+            // `usize::from_str`, as the index was always read ("+1" and "01" are 1).
+            let index: usize = seg.parse().ok()?;
+            let found = Cell::new(None);
+            // The pass ends with an error once the element is captured (see `Element`).
+            let _ = de.deserialize_seq(Element {
+                index,
+                found: &found,
+            });
+            found.get().map(RawValue::get)
+        }
+        _ => None,
+    }
+}
+
+/// Visits an object for the last member named `.0`.
+struct Member<'k>(&'k str);
+
+impl<'de> Visitor<'de> for Member<'_> {
+    type Value = Option<&'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(hit) = map.next_key_seed(KeyIs(self.0))? {
+            if hit {
+                found = Some(map.next_value::<&'de RawValue>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Compares a key with the wanted name without keeping it (an escaped key is decoded into the
+/// parser's scratch buffer only).
+struct KeyIs<'k>(&'k str);
+
+impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
+    }
+}
+
+/// Visits an array for element `index`. serde_json checks that a visitor consumed the whole
+/// array, so stopping early is an error by construction: the element is handed out through
+/// `found` and the pass is abandoned with an error, which saves skipping the rest of a long array
+/// (all of `messages` for `messages.1.role`).
+struct Element<'c, 'de> {
+    index: usize,
+    found: &'c Cell<Option<&'de RawValue>>,
+}
+
+impl<'de> Visitor<'de> for Element<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        for _ in 0..self.index {
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return Ok(());
+            }
+        }
+        if let Some(v) = seq.next_element::<&'de RawValue>()? {
+            self.found.set(Some(v));
+            return Err(de::Error::custom("element found"));
+        }
+        Ok(())
     }
 }
 
@@ -448,14 +546,44 @@ mod tests {
 
     #[test]
     fn lookup_descends() {
-        let r = req(r#"{"model":"gpt-4","metadata":{"team":{"id":7}},"tags":["a","b"]}"#);
-        assert_eq!(r.lookup(&["model"]), Some(serde_json::json!("gpt-4")));
-        assert_eq!(
-            r.lookup(&["metadata", "team", "id"]),
-            Some(serde_json::json!(7))
-        );
-        assert_eq!(r.lookup(&["tags", "1"]), Some(serde_json::json!("b")));
+        let r =
+            req(r#"{"model":"gpt-4","metadata":{"team":{"id":7}},"tags":["a","b"],"e":"x\"y"}"#);
+        assert_eq!(r.lookup(&["model"]), Some(r#""gpt-4""#));
+        assert_eq!(r.lookup(&["metadata", "team"]), Some(r#"{"id":7}"#));
+        assert_eq!(r.lookup(&["metadata", "team", "id"]), Some("7"));
+        assert_eq!(r.lookup(&["tags", "1"]), Some(r#""b""#));
+        assert_eq!(r.lookup(&["tags", "+1"]), Some(r#""b""#), "usize::from_str");
+        assert_eq!(r.lookup(&["e"]), Some(r#""x\"y""#), "raw, still escaped");
         assert_eq!(r.lookup(&["nope"]), None);
+        assert_eq!(r.lookup(&["tags", "2"]), None);
+        assert_eq!(r.lookup(&["tags", "x"]), None);
+        assert_eq!(r.lookup(&["model", "0"]), None, "no members in a string");
+        assert_eq!(r.lookup(&["metadata", "team", "id", "x"]), None);
+        assert_eq!(r.lookup(&[]), None);
+    }
+
+    #[test]
+    fn lookup_last_duplicate_wins_and_keys_unescape() {
+        let r = req(
+            r#"{"m": {"a": 1, "b": [10, 20], "a": {"c": 2}}, "k": {"x\u0079": "found", "xy ": 0}}"#,
+        );
+        assert_eq!(r.lookup(&["m", "a"]), Some(r#"{"c": 2}"#));
+        assert_eq!(r.lookup(&["m", "a", "c"]), Some("2"));
+        assert_eq!(r.lookup(&["m", "b", "1"]), Some("20"));
+        assert_eq!(r.lookup(&["k", "xy"]), Some(r#""found""#));
+    }
+
+    #[test]
+    fn lookup_skips_whatever_surrounds_the_path() {
+        // Elements before the index are skipped, whatever they hold; elements after it, even
+        // deeply nested, are never looked at.
+        let before = "[[[{\"role\":1}]]],".repeat(1000);
+        let after = "[".repeat(5000) + &"]".repeat(5000);
+        let body = format!(r#"{{"messages":[{before}{{"role":"user"}},{after}],"model":"m"}}"#);
+        let r = req(&body);
+        assert_eq!(r.lookup(&["messages", "1000", "role"]), Some(r#""user""#));
+        assert_eq!(r.lookup(&["messages", "1001"]).map(str::len), Some(10_000));
+        assert_eq!(r.lookup(&["model"]), Some(r#""m""#));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
+use super::body_budget::Reservation;
 use super::errors::GatewayError;
 use super::replay::ReplayToken;
 use crate::llm::json_tap::JsonTap;
@@ -139,6 +140,9 @@ pub struct RequestCtx {
     pub max_body_size: u64,
     /// This attempt retries a stale pooled connection on a fresh one (`fallback::on_transport_error`).
     pub stale_retry: bool,
+    /// The body's share of `gateway.max_inflight_body_bytes`, held while the body is (until the
+    /// request ends, when dropping the context gives it back).
+    pub body_reservation: Option<Reservation>,
 }
 
 impl RequestCtx {
@@ -165,6 +169,7 @@ impl RequestCtx {
             close_connection: false,
             max_body_size: crate::config::schema::DEFAULT_MAX_BODY_SIZE,
             stale_retry: false,
+            body_reservation: None,
         }
     }
 }

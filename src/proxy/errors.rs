@@ -94,6 +94,10 @@ pub async fn respond(session: &mut Session, request_id: &str, err: &GatewayError
     if !request_id.is_empty() {
         let _ = resp.insert_header("X-Request-Id", request_id);
     }
+    if err.status == 503 {
+        // The gateway's own 503 means it is busy (`server_busy`): say when to come back.
+        let _ = resp.insert_header("Retry-After", "1");
+    }
     if session
         .write_response_header(Box::new(resp), false)
         .await

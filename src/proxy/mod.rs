@@ -2,6 +2,7 @@
 //! owns each decision (`request` routes and validates, `outbound` talks to the upstream,
 //! `response` watches the answer, `logging` renders the access log).
 
+pub mod body_budget;
 pub mod ctx;
 pub mod errors;
 pub mod fallback;
@@ -37,6 +38,8 @@ pub struct Gateway {
     /// `gateway.client_body_total_timeout`: the whole body must arrive within this, counted
     /// from the end of the request header.
     pub body_total_timeout: Duration,
+    /// `gateway.max_inflight_body_bytes`: all buffered request bodies together.
+    pub body_budget: Option<Arc<body_budget::BodyBudget>>,
 }
 
 /// Keep the gateway's own error for `fail_to_proxy` (it answers with its type and code) and

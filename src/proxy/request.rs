@@ -2,17 +2,17 @@
 //! preparing the LLM call. Everything that can be refused is refused here, before anything is sent
 //! upstream.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
 
+use super::body_budget::BodyClaim;
 use super::ctx::{LlmCall, LlmPlugin, RequestCtx, RequestType, ResponseTap};
 use super::errors::GatewayError;
 use super::{outbound, replay, Gateway};
 use crate::llm::request::{BodyError, LlmRequest};
-use crate::router::vars::{PostArgs, Value};
+use crate::router::vars::{JsonArg, PostArgs, Value};
 use crate::router::RequestView;
 
 /// Outcome of the request phase.
@@ -178,16 +178,23 @@ enum BodyFailure {
 }
 
 /// Read the whole request body within `client_body_total_timeout` of the request's start
-/// (Pingora bounds each read by `client_body_timeout`).
+/// (Pingora bounds each read by `client_body_timeout`) and within
+/// `gateway.max_inflight_body_bytes`.
 async fn read_body(
     session: &mut Session,
     gw: &Gateway,
     ctx: &mut RequestCtx,
 ) -> Result<Bytes, GatewayError> {
     let deadline = tokio::time::Instant::from_std(ctx.started + gw.body_total_timeout);
-    let read = tokio::time::timeout_at(deadline, read_whole_body(session, gw.max_body_size));
-    let failure = match read.await {
-        Ok(Ok(b)) => return Ok(b),
+    let mut claim = BodyClaim::new(gw.body_budget.as_ref());
+    let read = read_whole_body(session, gw.max_body_size, &mut claim);
+    let failure = match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(b)) => {
+            // The reservation lives in the context as long as the body does (to the end of the
+            // request); on any failure it is dropped, given back, at once.
+            ctx.body_reservation = claim.into_reservation();
+            return Ok(b);
+        }
         Ok(Err(f)) => f,
         Err(_) => BodyFailure::Broken(body_timeout()),
     };
@@ -211,8 +218,13 @@ fn body_timeout() -> GatewayError {
 
 /// Read the whole request body, refusing it past `max` bytes. When Content-Length already says it
 /// is too large the body is not read at all; Pingora drains it before reusing the connection, so
-/// the client reads the 413 instead of a reset.
-async fn read_whole_body(session: &mut Session, max: u64) -> Result<Bytes, BodyFailure> {
+/// the client reads the 413 instead of a reset. The bytes are reserved in `claim` before they are
+/// read (503 when the gateway holds too much already).
+async fn read_whole_body(
+    session: &mut Session,
+    max: u64,
+    claim: &mut BodyClaim,
+) -> Result<Bytes, BodyFailure> {
     let declared = session
         .req_header()
         .headers
@@ -222,6 +234,9 @@ async fn read_whole_body(session: &mut Session, max: u64) -> Result<Bytes, BodyF
     if declared.is_some_and(|n| n > max) {
         return Err(BodyFailure::Refused(GatewayError::too_large(max)));
     }
+    claim
+        .cover(declared.unwrap_or(0))
+        .map_err(BodyFailure::Refused)?;
     // The gateway consumes the body itself, so it answers `Expect: 100-continue` itself and does
     // not forward the expectation.
     let expects = session
@@ -267,6 +282,7 @@ async fn read_whole_body(session: &mut Session, max: u64) -> Result<Bytes, BodyF
         if total > max {
             return Err(BodyFailure::Refused(GatewayError::too_large(max)));
         }
+        claim.cover(total).map_err(BodyFailure::Refused)?;
         // A body that arrives in one read is kept as is; only multi-read bodies are copied.
         match (&mut first, &mut buf) {
             (None, None) => first = Some(chunk),
@@ -321,23 +337,20 @@ fn view<'a>(session: &'a Session, body: Option<&'a dyn PostArgs>) -> RequestView
     }
 }
 
-/// `post_arg.*` over the parsed body.
-struct BodyArgs<'a>(&'a LlmRequest);
+/// `post_arg.*` over the parsed body. Public for the route-matching benchmark.
+pub struct BodyArgs<'a>(pub &'a LlmRequest);
 
 impl PostArgs for BodyArgs<'_> {
+    /// The whole value decoded, for callers that need a value rather than a comparison
+    /// (ai-proxy-multi hash keys); the router compares the JSON text instead.
     fn post_arg(&self, path: &[&str]) -> Option<Value<'_>> {
-        fn conv(v: serde_json::Value) -> Option<Value<'static>> {
-            Some(match v {
-                serde_json::Value::Null => return None,
-                serde_json::Value::Bool(b) => Value::Bool(b),
-                serde_json::Value::Number(n) => Value::Num(n.as_f64()?),
-                serde_json::Value::String(s) => Value::Str(Cow::Owned(s)),
-                serde_json::Value::Array(a) => {
-                    Value::List(a.into_iter().filter_map(conv).collect())
-                }
-                o @ serde_json::Value::Object(_) => Value::Str(Cow::Owned(o.to_string())),
-            })
+        Value::from_json(serde_json::from_str(self.0.lookup(path)?).ok()?)
+    }
+
+    fn post_arg_json(&self, path: &[&str]) -> JsonArg<'_> {
+        match self.0.lookup(path) {
+            Some(json) => JsonArg::Found(json),
+            None => JsonArg::Absent,
         }
-        conv(self.0.lookup(path)?)
     }
 }

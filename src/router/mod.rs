@@ -108,6 +108,9 @@ pub struct Router {
     layout: Layout,
     /// Whether any route reads `post_arg.*`; if not, `needs_body` is free.
     any_body: bool,
+    /// The distinct `post_arg` paths the routes read; `find` looks each up at
+    /// most once per request, in the slot of the same index.
+    body_paths: Box<[Box<[Box<str>]>]>,
 }
 
 impl std::fmt::Debug for Router {
@@ -281,10 +284,14 @@ impl Router {
         let mut routes = Vec::with_capacity(entries.len());
         let mut uris = Vec::with_capacity(entries.len());
         let mut priorities = Vec::with_capacity(entries.len());
+        let mut body_paths = Vec::new();
         for (i, e) in entries.into_iter().enumerate() {
             let id = e.id;
-            let (route, pats, prio) =
+            let (mut route, pats, prio) =
                 compile_route(e).map_err(|err| format!("route #{i} (id {id}): {err}"))?;
+            if let Some(v) = &mut route.vars {
+                v.assign_body_slots(&mut body_paths);
+            }
             routes.push(route);
             uris.push(pats);
             priorities.push(prio);
@@ -346,6 +353,7 @@ impl Router {
             routes,
             layout,
             any_body,
+            body_paths: body_paths.into(),
         })
     }
 
@@ -434,16 +442,43 @@ impl Router {
     }
 
     /// The matching route's id, or None. Body vars of a request without a
-    /// body (`body: None`) read as unset.
+    /// body (`body: None`) read as unset. Each `post_arg` path is looked up at
+    /// most once, however many candidates read it.
     pub fn find(&self, req: &RequestView) -> Option<usize> {
+        match req.body {
+            Some(_) if !self.body_paths.is_empty() => {
+                let memo = vars::BodyMemo::new(self.body_paths.len());
+                self.find_with(req, Some(&memo))
+            }
+            // Requests routed without their body keep the memo off the stack.
+            _ => self.find_with(req, None),
+        }
+    }
+
+    #[inline]
+    fn find_with<'a>(
+        &self,
+        req: &RequestView<'a>,
+        memo: Option<&vars::BodyMemo<'a>>,
+    ) -> Option<usize> {
         let p = Router::prepare(req);
         self.visit(req, &p, &mut |route, check_host| {
-            if route.pre_match(&p, check_host) && route.vars.as_ref().is_none_or(|v| v.eval(req)) {
+            if route.pre_match(&p, check_host)
+                && route.vars.as_ref().is_none_or(|v| v.eval_memo(req, memo))
+            {
                 Some(route.id)
             } else {
                 None
             }
         })
+    }
+
+    /// The distinct `post_arg` paths the routes read, as segments
+    /// (`messages[0].role` is `["messages", "0", "role"]`).
+    pub fn body_paths(&self) -> impl Iterator<Item = Vec<&str>> + '_ {
+        self.body_paths
+            .iter()
+            .map(|p| p.iter().map(|s| &**s).collect())
     }
 
     /// Number of routes.

@@ -19,10 +19,15 @@
 //! refuses the route at compile time with a message naming the element.
 
 use std::borrow::Cow;
+use std::cell::{Cell, OnceCell};
+use std::collections::BTreeMap;
+use std::fmt;
 
 use http::header::{CONTENT_TYPE, COOKIE, HOST};
 use http::{HeaderMap, HeaderName};
 use regex::{Regex, RegexBuilder};
+use serde::de::{self, Deserializer as _, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::Value as Json;
 
 use super::cidr::{parse_ip, Cidr, Ip};
@@ -47,6 +52,44 @@ pub enum Value<'a> {
 /// come back as [`Value::List`], which `has` searches.
 pub trait PostArgs {
     fn post_arg(&self, path: &[&str]) -> Option<Value<'_>>;
+
+    /// A body kept as JSON text answers with the JSON text of the value at
+    /// `path`, borrowed from the body and found without decoding anything
+    /// else. The router then compares that text directly, decoding only what
+    /// an operator needs, and looks each path up once per request however
+    /// many routes read it. The default makes the router use
+    /// [`post_arg`](PostArgs::post_arg) instead.
+    fn post_arg_json(&self, _path: &[&str]) -> JsonArg<'_> {
+        JsonArg::Unsupported
+    }
+}
+
+/// What a body kept as JSON text holds at a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JsonArg<'a> {
+    /// Not a JSON-text body: use [`PostArgs::post_arg`].
+    Unsupported,
+    Absent,
+    /// One complete JSON value, as it is written in a valid document.
+    Found(&'a str),
+}
+
+impl Value<'static> {
+    /// A decoded JSON value as a variable value: `null` is unset, an array a
+    /// list of its elements (nulls dropped), an object its compact JSON text.
+    /// This is what a `post_arg` body field has always meant; the router's
+    /// comparisons on JSON text (`post_arg_json`) give the same answers
+    /// without building it.
+    pub fn from_json(v: Json) -> Option<Value<'static>> {
+        Some(match v {
+            Json::Null => return None,
+            Json::Bool(b) => Value::Bool(b),
+            Json::Number(n) => Value::Num(n.as_f64()?),
+            Json::String(s) => Value::Str(Cow::Owned(s)),
+            Json::Array(a) => Value::List(a.into_iter().filter_map(Value::from_json).collect()),
+            o @ Json::Object(_) => Value::Str(Cow::Owned(o.to_string())),
+        })
+    }
 }
 
 /// The natural implementation over a parsed JSON body: object keys by name,
@@ -124,9 +167,18 @@ enum Var {
     Arg(Box<str>),
     Http(HeaderName),
     Cookie(Box<str>),
-    /// Body field path segments.
-    PostArg(Box<[Box<str>]>),
+    PostArg(BodyPath),
 }
+
+/// A `post_arg` path: its segments, and its slot in the router's per-request
+/// memo of body look-ups ([`NO_SLOT`] outside a router).
+#[derive(Clone, Debug)]
+struct BodyPath {
+    segs: Box<[Box<str>]>,
+    slot: u32,
+}
+
+const NO_SLOT: u32 = u32::MAX;
 
 /// A literal from the route. Strings keep their numeric value (if any) so
 /// that a number variable compares numerically against `"5"`.
@@ -192,7 +244,20 @@ impl Expr {
 
     /// Whether the request matches. Unset variables follow lua-resty-expr.
     pub fn eval(&self, req: &RequestView) -> bool {
-        self.root.eval(req)
+        self.root.eval(req, None)
+    }
+
+    /// [`eval`](Expr::eval) with the request's memo of body look-ups.
+    pub(crate) fn eval_memo<'a>(&self, req: &RequestView<'a>, memo: Option<&BodyMemo<'a>>) -> bool {
+        self.root.eval(req, memo)
+    }
+
+    /// Gives every `post_arg` path this expression reads a slot in `paths`,
+    /// the distinct paths of all routes: the same path (however written:
+    /// `a.0.b` or `a[0].b`) gets the same slot, so it is looked up once per
+    /// request.
+    pub(crate) fn assign_body_slots(&mut self, paths: &mut Vec<Box<[Box<str>]>>) {
+        self.root.assign_body_slots(paths)
     }
 
     /// Whether any rule reads `post_arg.*` (so the body must be read first).
@@ -446,7 +511,12 @@ fn parse_var(name: &str) -> Result<Var, String> {
     }
     if let Some(p) = rest("post_arg.") {
         return parse_body_path(p)
-            .map(|segs| Var::PostArg(segs.into_iter().map(Into::into).collect()))
+            .map(|segs| {
+                Var::PostArg(BodyPath {
+                    segs: segs.into_iter().map(Into::into).collect(),
+                    slot: NO_SLOT,
+                })
+            })
             .map_err(|e| format!("variable {name:?}: {e}"));
     }
     Err(format!(
@@ -523,36 +593,78 @@ fn fmt_num(x: f64) -> String {
 }
 
 impl Group {
-    fn eval(&self, req: &RequestView) -> bool {
+    fn eval<'a>(&self, req: &RequestView<'a>, memo: Option<&BodyMemo<'a>>) -> bool {
+        let mut items = self.items.iter();
         match self.logic {
-            Logic::And => self.items.iter().all(|n| n.eval(req)),
-            Logic::Or => self.items.iter().any(|n| n.eval(req)),
-            Logic::NotAnd => !self.items.iter().all(|n| n.eval(req)),
-            Logic::NotOr => !self.items.iter().any(|n| n.eval(req)),
+            Logic::And => items.all(|n| n.eval(req, memo)),
+            Logic::Or => items.any(|n| n.eval(req, memo)),
+            Logic::NotAnd => !items.all(|n| n.eval(req, memo)),
+            Logic::NotOr => !items.any(|n| n.eval(req, memo)),
+        }
+    }
+
+    fn assign_body_slots(&mut self, paths: &mut Vec<Box<[Box<str>]>>) {
+        for item in &mut self.items {
+            match item {
+                Node::Group(g) => g.assign_body_slots(paths),
+                Node::Rule(Rule {
+                    var: Var::PostArg(p),
+                    ..
+                }) => {
+                    let slot = match paths.iter().position(|q| *q == p.segs) {
+                        Some(i) => i,
+                        None => {
+                            paths.push(p.segs.clone());
+                            paths.len() - 1
+                        }
+                    };
+                    p.slot = u32::try_from(slot).unwrap_or(NO_SLOT);
+                }
+                Node::Rule(_) => {}
+            }
         }
     }
 }
 
 impl Node {
-    fn eval(&self, req: &RequestView) -> bool {
+    fn eval<'a>(&self, req: &RequestView<'a>, memo: Option<&BodyMemo<'a>>) -> bool {
         match self {
-            Node::Group(g) => g.eval(req),
-            Node::Rule(r) => r.eval(req),
+            Node::Group(g) => g.eval(req, memo),
+            Node::Rule(r) => r.eval(req, memo),
         }
     }
 }
 
 impl Rule {
-    fn eval(&self, req: &RequestView) -> bool {
+    fn eval<'a>(&self, req: &RequestView<'a>, memo: Option<&BodyMemo<'a>>) -> bool {
         let hit = match (&self.var, &self.op) {
             // Fast path: no need to print the address only to parse it back.
             (Var::RemoteAddr, Op::IpMatch(nets)) => req.remote_addr.is_some_and(|a| {
                 let ip = Ip::from_addr(a);
                 nets.iter().any(|n| n.contains(ip))
             }),
+            (Var::PostArg(path), _) => self.post_arg_hit(path, req, memo),
             _ => self.op.test(self.var.read(req).as_ref()),
         };
         hit != self.negate
+    }
+
+    /// Out of line: it keeps the other variables' path as small as it was.
+    #[inline(never)]
+    fn post_arg_hit<'a>(
+        &self,
+        path: &BodyPath,
+        req: &RequestView<'a>,
+        memo: Option<&BodyMemo<'a>>,
+    ) -> bool {
+        let Some(body) = req.body else {
+            return self.op.test(None);
+        };
+        BodyMemo::with(memo, path, body, |found| match found {
+            Found::Decoded => self.op.test(self.var.read(req).as_ref()),
+            Found::Unset => self.op.test(None),
+            Found::Json(v) => self.op.test_json(v),
+        })
     }
 }
 
@@ -605,6 +717,453 @@ impl Op {
     }
 }
 
+// ---------------------------------------------------------------- post_arg on JSON text
+//
+// A `post_arg` value is compared where it lies in the body, as JSON text, and
+// decoded only as far as the operator needs: a number or a boolean when it is
+// found, a string when it is compared (borrowed unless it has escapes), a list
+// element by element while `has` searches it. The answers are those of the
+// decoded value (`Value::from_json`), which the property tests check. Memory
+// does not grow with the value, except for the rare operators that need an
+// object's text (a regex, or equality with a literal that starts with `{`):
+// a regex gets one copy of the object's text, equality compares it piece by
+// piece and stops at the literal's length.
+
+/// Body look-ups of one request, one slot per distinct `post_arg` path of the
+/// router's routes (see [`Expr::assign_body_slots`]), so routes reading the
+/// same path share one look-up and one decoded value.
+pub(crate) struct BodyMemo<'a> {
+    inline: [OnceCell<Found<'a>>; INLINE_SLOTS],
+    spill: Box<[OnceCell<Found<'a>>]>,
+}
+
+/// Slots kept on the stack: routers rarely read more distinct paths.
+const INLINE_SLOTS: usize = 4;
+
+/// A `post_arg` look-up.
+pub(crate) enum Found<'a> {
+    /// The body is not JSON text: read the decoded value.
+    Decoded,
+    /// Absent, JSON `null`, or a number serde_json cannot hold.
+    Unset,
+    Json(JsonOperand<'a>),
+}
+
+impl<'a> BodyMemo<'a> {
+    pub(crate) fn new(paths: usize) -> BodyMemo<'a> {
+        BodyMemo {
+            inline: Default::default(),
+            spill: (INLINE_SLOTS..paths).map(|_| OnceCell::new()).collect(),
+        }
+    }
+
+    fn slot(&self, slot: u32) -> Option<&OnceCell<Found<'a>>> {
+        let i = slot as usize;
+        match i.checked_sub(INLINE_SLOTS) {
+            None => self.inline.get(i),
+            Some(j) => self.spill.get(j),
+        }
+    }
+
+    /// Runs `f` on the look-up of `path`, from the memo when there is one.
+    fn with<R>(
+        memo: Option<&Self>,
+        path: &BodyPath,
+        body: &'a dyn PostArgs,
+        f: impl FnOnce(&Found<'a>) -> R,
+    ) -> R {
+        let look = || match with_segs(&path.segs, |segs| body.post_arg_json(segs)) {
+            JsonArg::Unsupported => Found::Decoded,
+            JsonArg::Absent => Found::Unset,
+            JsonArg::Found(json) => JsonOperand::new(json).map_or(Found::Unset, Found::Json),
+        };
+        match memo.and_then(|m| m.slot(path.slot)) {
+            Some(cell) => f(cell.get_or_init(look)),
+            None => f(&look()),
+        }
+    }
+}
+
+/// A `post_arg` value as JSON text, with what has been decoded of it.
+pub(crate) struct JsonOperand<'a> {
+    json: &'a str,
+    kind: Kind,
+    /// Strings: the unescaped text. Objects: the compact JSON text with sorted
+    /// keys (what `Value::from_json` compares). Decoded on first need; `None`
+    /// when it cannot be (a lone surrogate escape), which compares like unset.
+    text: OnceCell<Option<Cow<'a, str>>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Str,
+    Num(f64),
+    Bool(bool),
+    List,
+    Object,
+}
+
+impl<'a> JsonOperand<'a> {
+    /// `None` for `null` and for numbers serde_json refuses (out of f64 range):
+    /// both read as unset.
+    fn new(json: &'a str) -> Option<JsonOperand<'a>> {
+        let kind = match json.as_bytes().first()? {
+            b'n' => return None,
+            b't' => Kind::Bool(true),
+            b'f' => Kind::Bool(false),
+            b'"' => Kind::Str,
+            b'[' => Kind::List,
+            b'{' => Kind::Object,
+            _ => Kind::Num(
+                serde_json::from_str::<serde_json::Number>(json)
+                    .ok()?
+                    .as_f64()?,
+            ),
+        };
+        Some(JsonOperand {
+            json,
+            kind,
+            text: OnceCell::new(),
+        })
+    }
+
+    fn text(&self) -> Option<&str> {
+        self.text
+            .get_or_init(|| match self.kind {
+                Kind::Str => unescape(self.json),
+                Kind::Object => {
+                    let mut out = Collect(Vec::new());
+                    canonical(self.json, &mut out, 0)
+                        .then(|| String::from_utf8(out.0).ok())
+                        .flatten()
+                        .map(Cow::Owned)
+                }
+                _ => None,
+            })
+            .as_deref()
+    }
+
+    /// `eq` on the decoded value.
+    fn eq(&self, lit: &Lit) -> bool {
+        match (self.kind, lit) {
+            (Kind::Num(x), _) => eq(&Value::Num(x), lit),
+            (Kind::Bool(b), _) => eq(&Value::Bool(b), lit),
+            (Kind::Str, Lit::Str(t, _)) => {
+                // Unescaping only shrinks a string, at most six times (`\u0041` is `A`): a
+                // string whose JSON is outside those bounds cannot equal `t`, so a huge value
+                // is not decoded only to find that out.
+                let inner = self.json.len() - 2;
+                if self.text.get().is_none() && (t.len() > inner || inner > t.len() * 6) {
+                    return false;
+                }
+                self.text() == Some(&**t)
+            }
+            (Kind::Str, Lit::Num(n)) => self.text().and_then(parse_num) == Some(*n),
+            (Kind::Object, Lit::Str(t, _)) if t.starts_with('{') => match self.text.get() {
+                Some(text) => text.as_deref() == Some(&**t),
+                None => {
+                    let mut cmp = Compare {
+                        want: t.as_bytes(),
+                        at: 0,
+                    };
+                    canonical(self.json, &mut cmp, 0) && cmp.at == t.len()
+                }
+            },
+            // A string never equals a boolean; an object's text is neither a number nor a
+            // boolean; a list equals nothing.
+            _ => false,
+        }
+    }
+
+    /// `to_num` on the decoded value.
+    fn num(&self) -> Option<f64> {
+        match self.kind {
+            Kind::Num(x) => Some(x),
+            Kind::Str => self.text().and_then(parse_num),
+            _ => None,
+        }
+    }
+}
+
+impl Op {
+    /// [`test`](Op::test) on a value still in JSON text, with the same answers.
+    fn test_json(&self, v: &JsonOperand) -> bool {
+        match v.kind {
+            Kind::Num(x) => return self.test(Some(&Value::Num(x))),
+            Kind::Bool(b) => return self.test(Some(&Value::Bool(b))),
+            Kind::Str | Kind::List | Kind::Object => {}
+        }
+        match self {
+            Op::Eq(l) => v.eq(l),
+            Op::Ne(l) => !v.eq(l),
+            Op::Gt(n) => v.num().is_some_and(|x| x > *n),
+            Op::Ge(n) => v.num().is_some_and(|x| x >= *n),
+            Op::Lt(n) => v.num().is_some_and(|x| x < *n),
+            Op::Le(n) => v.num().is_some_and(|x| x <= *n),
+            Op::In(list) => list.iter().any(|l| v.eq(l)),
+            Op::Has(l) => matches!(v.kind, Kind::List) && list_has(v.json, l),
+            Op::Regex(re) => {
+                !matches!(v.kind, Kind::List) && v.text().is_some_and(|s| re.is_match(s))
+            }
+            // An object's text starts with '{': never an address.
+            Op::IpMatch(nets) => {
+                matches!(v.kind, Kind::Str)
+                    && v.text()
+                        .and_then(parse_ip)
+                        .is_some_and(|ip| nets.iter().any(|n| n.contains(ip)))
+            }
+        }
+    }
+}
+
+/// Whether the JSON array `json` has an element equal to `lit`, reading one
+/// element at a time and stopping at the first.
+fn list_has(json: &str, lit: &Lit) -> bool {
+    struct Search<'l, 'c> {
+        lit: &'l Lit,
+        found: &'c Cell<bool>,
+    }
+    impl<'de> Visitor<'de> for Search<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                if JsonOperand::new(item.get()).is_some_and(|v| v.eq(self.lit)) {
+                    self.found.set(true);
+                    // serde_json insists that a visitor reads the whole array; an error is
+                    // the way to stop at the first hit.
+                    return Err(de::Error::custom("found"));
+                }
+            }
+            Ok(())
+        }
+    }
+    let found = Cell::new(false);
+    let _ = serde_json::Deserializer::from_str(json).deserialize_seq(Search { lit, found: &found });
+    found.get()
+}
+
+/// A JSON string's text, borrowed unless it has escapes; `None` if an escape
+/// is a lone surrogate (serde_json refuses those too).
+fn unescape(json: &str) -> Option<Cow<'_, str>> {
+    struct Text;
+    impl<'de> Visitor<'de> for Text {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON string")
+        }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
+    }
+    serde_json::Deserializer::from_str(json)
+        .deserialize_str(Text)
+        .ok()
+}
+
+/// Where [`canonical`] writes; `put` returning false stops it.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]) -> bool;
+    /// Bytes it can still take.
+    fn room(&self) -> usize;
+}
+
+struct Collect(Vec<u8>);
+
+impl Sink for Collect {
+    fn put(&mut self, bytes: &[u8]) -> bool {
+        self.0.extend_from_slice(bytes);
+        true
+    }
+    fn room(&self) -> usize {
+        usize::MAX
+    }
+}
+
+/// Compares what is written with `want`, stopping at the first difference.
+struct Compare<'t> {
+    want: &'t [u8],
+    at: usize,
+}
+
+impl Sink for Compare<'_> {
+    fn put(&mut self, bytes: &[u8]) -> bool {
+        let end = self.at + bytes.len();
+        if self.want.get(self.at..end) == Some(bytes) {
+            self.at = end;
+            true
+        } else {
+            false
+        }
+    }
+    fn room(&self) -> usize {
+        self.want.len() - self.at
+    }
+}
+
+struct SinkWriter<'s>(&'s mut dyn Sink);
+
+impl std::io::Write for SinkWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.0.put(bytes) {
+            Ok(bytes.len())
+        } else {
+            Err(std::io::ErrorKind::WriteZero.into())
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// serde_json builds no value nested deeper than this; neither does [`canonical`].
+const MAX_DEPTH: usize = 128;
+
+/// Writes the JSON value `json` as `serde_json::Value`'s `to_string` would
+/// (keys sorted, the last of duplicate keys kept, no whitespace, numbers and
+/// escapes in serde_json's spelling) without building it: an object's members
+/// are held as (key, JSON text) pairs while they are sorted, everything else is
+/// written as it is read. False when the sink stops it or the value cannot be
+/// decoded.
+fn canonical(json: &str, out: &mut dyn Sink, depth: usize) -> bool {
+    if depth >= MAX_DEPTH {
+        return false;
+    }
+    let mut de = serde_json::Deserializer::from_str(json);
+    match json.as_bytes().first() {
+        Some(b'{') => {
+            // Every member takes at least four bytes (`"":0`): more members than that cannot
+            // fit, whatever they hold.
+            let mut members = BTreeMap::new();
+            let max = out.room() / 4 + 1;
+            if de
+                .deserialize_map(Members {
+                    map: &mut members,
+                    max,
+                })
+                .is_err()
+            {
+                return false;
+            }
+            if !out.put(b"{") {
+                return false;
+            }
+            for (i, (k, v)) in members.iter().enumerate() {
+                if (i > 0 && !out.put(b","))
+                    || !put_str(out, k)
+                    || !out.put(b":")
+                    || !canonical(v.get(), out, depth + 1)
+                {
+                    return false;
+                }
+            }
+            out.put(b"}")
+        }
+        Some(b'[') => {
+            out.put(b"[")
+                && de
+                    .deserialize_seq(Items {
+                        out: &mut *out,
+                        depth,
+                    })
+                    .is_ok()
+                && out.put(b"]")
+        }
+        Some(b'"') => {
+            // Unescaped text is at least a sixth of the escaped one; quoted, it needs 2 more.
+            if (json.len() - 2) / 6 + 2 > out.room() {
+                return false;
+            }
+            unescape(json).is_some_and(|s| put_str(out, &s))
+        }
+        Some(b't' | b'f' | b'n') => out.put(json.as_bytes()),
+        Some(_) => serde_json::from_str::<serde_json::Number>(json)
+            .is_ok_and(|n| out.put(n.to_string().as_bytes())),
+        None => false,
+    }
+}
+
+/// A string in serde_json's escaping.
+fn put_str(out: &mut dyn Sink, s: &str) -> bool {
+    serde_json::to_writer(SinkWriter(out), s).is_ok()
+}
+
+/// Collects an object's members, the last of duplicate keys winning, and
+/// gives up past `max` distinct keys.
+struct Members<'m, 'de> {
+    map: &'m mut BTreeMap<Cow<'de, str>, &'de RawValue>,
+    max: usize,
+}
+
+impl<'de> Visitor<'de> for Members<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<(), A::Error> {
+        while let Some(Key(k)) = access.next_key()? {
+            let v: &'de RawValue = access.next_value()?;
+            self.map.insert(k, v);
+            if self.map.len() > self.max {
+                return Err(de::Error::custom("too many members"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes an array's elements as they are read.
+struct Items<'s> {
+    out: &'s mut dyn Sink,
+    depth: usize,
+}
+
+impl<'de> Visitor<'de> for Items<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut first = true;
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if (!first && !self.out.put(b",")) || !canonical(item.get(), self.out, self.depth + 1) {
+                return Err(de::Error::custom("stopped"));
+            }
+            first = false;
+        }
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the body unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Key(Cow::Owned(v.to_owned())))
+    }
+}
+
 impl Var {
     fn read<'a>(&self, req: &RequestView<'a>) -> Option<Value<'a>> {
         let s = |x: &'a str| Some(Value::Str(Cow::Borrowed(x)));
@@ -638,21 +1197,26 @@ impl Var {
                 v
             }
             Var::Cookie(name) => cookie(req.headers, name),
-            Var::PostArg(segs) => {
+            Var::PostArg(path) => {
                 let body = req.body?;
-                // Segment slices on the stack for the usual short paths.
-                let mut buf: [&str; 16] = [""; 16];
-                if segs.len() <= buf.len() {
-                    for (slot, seg) in buf.iter_mut().zip(segs.iter()) {
-                        *slot = seg;
-                    }
-                    body.post_arg(&buf[..segs.len()])
-                } else {
-                    let v: Vec<&str> = segs.iter().map(|s| &**s).collect();
-                    body.post_arg(&v)
-                }
+                with_segs(&path.segs, |segs| body.post_arg(segs))
             }
         }
+    }
+}
+
+/// Runs `f` on the path as `&str` segments, on the stack for the usual short
+/// paths.
+fn with_segs<R>(segs: &[Box<str>], f: impl FnOnce(&[&str]) -> R) -> R {
+    let mut buf: [&str; 16] = [""; 16];
+    if segs.len() <= buf.len() {
+        for (slot, seg) in buf.iter_mut().zip(segs.iter()) {
+            *slot = seg;
+        }
+        f(&buf[..segs.len()])
+    } else {
+        let v: Vec<&str> = segs.iter().map(|s| &**s).collect();
+        f(&v)
     }
 }
 

@@ -7,6 +7,7 @@ mod harness;
 mod access_log;
 mod ai_proxy;
 mod bodies;
+mod body_memory;
 mod config_check;
 mod credentials;
 mod dns;
