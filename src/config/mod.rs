@@ -1,8 +1,10 @@
 //! Loading `config.yaml`: environment substitution, parsing with field paths, Pingora's server
-//! section. Turning the parsed resources into runtime objects is `store::Snapshot::build`, which
-//! reports semantic errors with the same kind of path.
+//! section, the `gateway:` settings (`gateway.rs`) and the bounds of every number (`limits.rs`).
+//! Turning the parsed resources into runtime objects is `store::Snapshot::build`, which reports
+//! semantic errors with the same kind of path.
 
 pub mod env;
+pub mod gateway;
 pub mod limits;
 pub mod schema;
 
