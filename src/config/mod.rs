@@ -74,6 +74,11 @@ pub fn parse_str(
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
+            // serde_yaml already starts some messages with the path; say it once.
+            let inner = inner
+                .strip_prefix(&format!("{path}: "))
+                .map(str::to_string)
+                .unwrap_or(inner);
             return Err(redact(ConfigError::new(path, inner)));
         }
     };
@@ -240,6 +245,15 @@ mod tests {
             .unwrap();
         assert_eq!(e.path, "routes[0].bogus");
         assert!(e.message.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn a_type_error_names_its_path_once() {
+        let e = parse_str("gateway:\n  max_body_size: abc\n", &no_env)
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "gateway.max_body_size");
+        assert!(e.message.starts_with("invalid type"), "{e}");
     }
 
     #[test]
