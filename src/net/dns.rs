@@ -94,8 +94,21 @@ fn build_resolver(s: &DnsSettings) -> Result<TokioResolver, String> {
                 .collect();
             TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
         }
-        None => TokioResolver::builder(provider)
-            .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?,
+        None => match TokioResolver::builder(provider.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                // Minimal containers may have no /etc/resolv.conf; the C library then asks a
+                // resolver on 127.0.0.1, and so does aigate (with /etc/hosts first, as always).
+                log::warn!(
+                    "cannot read the system resolver configuration ({e}); using 127.0.0.1:53"
+                );
+                let local = NameServerConfig::udp_and_tcp(IpAddr::from([127, 0, 0, 1]));
+                TokioResolver::builder_with_config(
+                    ResolverConfig::from_name_servers(vec![local]),
+                    provider,
+                )
+            }
+        },
     };
     let opts = builder.options_mut();
     // Both families, always, IPv6 first as RFC 8305 recommends: the connection step moves on
