@@ -22,17 +22,18 @@ use crate::providers::instance::LlmInstance;
 use crate::providers::vertex_ai;
 use crate::store::upstream::PassHost;
 
-/// Request headers never forwarded: hop-by-hop ones, and those the gateway recomputes.
-const DROP_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "expect",
-    "content-length",
+/// Request headers never forwarded: hop-by-hop ones, and those the gateway recomputes. Names,
+/// not strings: removing by `&str` parses the name again on every request.
+static DROP_HEADERS: [HeaderName; 9] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::EXPECT,
+    http::header::CONTENT_LENGTH,
 ];
 
 /// A client's credentials for the gateway (or for the site it came from). A provider is a third
@@ -45,14 +46,14 @@ const DROP_HEADERS: &[&str] = &[
 ///
 /// Plain `upstream` routes (and the second hop of `passthrough`) are a reverse proxy to the
 /// operator's own service: there every client header is forwarded, as in APISIX.
-const CLIENT_CREDENTIAL_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
-    "apikey",
-    "cookie",
+static CLIENT_CREDENTIAL_HEADERS: [HeaderName; 7] = [
+    http::header::AUTHORIZATION,
+    http::header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+    HeaderName::from_static("apikey"),
+    http::header::COOKIE,
 ];
 
 /// Headers of the client's request the passthrough first hop does not copy: hop-by-hop ones
@@ -211,8 +212,8 @@ pub async fn shape_request(
     req: &mut RequestHeader,
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
-    for h in DROP_HEADERS {
-        req.remove_header(*h);
+    for h in &DROP_HEADERS {
+        req.remove_header(h);
     }
     let set = |req: &mut RequestHeader, name: HeaderName, value: HeaderValue| {
         req.insert_header(name, value)
@@ -233,8 +234,8 @@ pub async fn shape_request(
             .ok_or_else(|| GatewayError::internal("no target"))?;
         let inst = &llm.instance;
         let byok = byok_authorization(inst, session.req_header());
-        for h in CLIENT_CREDENTIAL_HEADERS {
-            req.remove_header(*h);
+        for h in &CLIENT_CREDENTIAL_HEADERS {
+            req.remove_header(h);
         }
         req.set_method(http::Method::POST);
         // Built from the endpoint alone: the client's own query (`?key=`...) is not forwarded.
@@ -245,7 +246,7 @@ pub async fn shape_request(
                 .map_err(|_| GatewayError::internal("invalid upstream uri"))?,
         );
         // A gzip answer would hide the usage from the gateway (APISIX issue #13544).
-        req.remove_header("accept-encoding");
+        req.remove_header(&http::header::ACCEPT_ENCODING);
         set(
             req,
             http::header::HOST,
@@ -390,7 +391,7 @@ pub async fn passthrough_call(
         .iter()
         .filter(|(k, _)| {
             let k = k.as_str();
-            !CLIENT_CREDENTIAL_HEADERS.contains(&k)
+            !CLIENT_CREDENTIAL_HEADERS.iter().any(|c| c == k)
                 && !PASSTHROUGH_SKIP.contains(&k)
                 && !nominated.iter().any(|n| n == k)
         })
