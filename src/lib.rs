@@ -4,7 +4,7 @@
 //! - `config`: the config file's schema, env substitution, loading with field paths.
 //! - `store`: config compiled into a validated runtime snapshot, swapped atomically.
 //! - `router`: APISIX route matching (uris, hosts, methods, `vars`).
-//! - `plugins`: APISIX plugins compiled into runtime objects (`ai-proxy`).
+//! - `plugins`: APISIX plugins behind one `Plugin` trait, run as a chain in priority order.
 //! - `providers`: one driver per LLM provider, provider instances, GCP auth.
 //! - `llm`: the wire formats: request body rewrite, SSE and JSON usage taps.
 //! - `proxy`: the Pingora `ProxyHttp` glue, thin hooks over the modules above.
@@ -12,12 +12,14 @@
 //! - `balancer`: load-balancing algorithms.
 //! - `net`: endpoints, DNS, peers, the gateway's own outbound client.
 //! - `observability`: access log, request ids.
+//! - `error`: the gateway's own errors, in OpenAI's shape.
 //! - `app`: building and running the Pingora server from a config file.
 
 pub mod app;
 pub mod balancer;
 pub mod config;
 pub mod downstream;
+pub mod error;
 pub mod llm;
 pub mod net;
 pub mod observability;

@@ -260,16 +260,11 @@ pub struct ServiceConf {
     pub update_time: Option<i64>,
 }
 
-/// The plugins aigate implements. An unknown plugin name is an error, not a no-op: a route that
-/// silently lost its auth plugin would be worse than one that refuses to load.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginsConf {
-    #[serde(rename = "ai-proxy", default)]
-    pub ai_proxy: Option<AiProxyConf>,
-    #[serde(rename = "ai-proxy-multi", default)]
-    pub ai_proxy_multi: Option<AiProxyMultiConf>,
-}
+/// An object's `plugins`: plugin name → that plugin's config, checked by the plugin registry
+/// (`plugins::registry`) when the config is compiled: an unknown plugin is an error there, never
+/// a no-op (a route that silently lost its auth plugin would be worse than one that refuses to
+/// load).
+pub type PluginsConf = BTreeMap<String, serde_yaml::Value>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum ProviderName {

@@ -6,9 +6,24 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+
+use super::ctx::{LlmCall, LlmPlugin, PluginCtx, PluginRequest};
+use super::registry::{self, Registration};
+use super::Plugin;
 use crate::config::schema::AiProxyConf;
 use crate::config::ConfigError;
+use crate::error::Rejection;
 use crate::providers::instance::{InstanceSpec, LlmInstance};
+
+pub const REGISTRATION: Registration = Registration {
+    name: "ai-proxy",
+    priority: 999,
+    build: |conf, path| {
+        let conf: AiProxyConf = registry::parse(conf, path)?;
+        Ok(Arc::new(Arc::new(AiProxy::build(&conf, path)?)))
+    },
+};
 
 pub struct AiProxy {
     pub instance: Arc<LlmInstance>,
@@ -67,5 +82,51 @@ impl AiProxy {
             instance: Arc::new(instance),
             passthrough: conf.passthrough.unwrap_or(false),
         })
+    }
+}
+
+/// The plugin is the shared `AiProxy`: an LLM call holds on to it for the whole request.
+#[async_trait]
+impl Plugin for Arc<AiProxy> {
+    fn name(&self) -> &'static str {
+        REGISTRATION.name
+    }
+
+    fn priority(&self) -> i32 {
+        REGISTRATION.priority
+    }
+
+    fn needs_body(&self) -> bool {
+        true
+    }
+
+    fn serves_request(&self) -> bool {
+        true
+    }
+
+    fn needs_route_upstream(&self) -> bool {
+        self.passthrough
+    }
+
+    async fn access(
+        &self,
+        req: &mut PluginRequest<'_>,
+        ctx: &mut PluginCtx,
+    ) -> Result<(), Rejection> {
+        if let Some(body) = req.body.take() {
+            let call = LlmCall::new(
+                LlmPlugin::Single(self.clone()),
+                body,
+                self.instance.clone(),
+                Vec::new(),
+                None,
+            );
+            ctx.llm = Some(Box::new(call));
+        }
+        Ok(())
+    }
+
+    fn credentials(&self) -> Vec<String> {
+        self.instance.credentials()
     }
 }

@@ -11,14 +11,29 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+
+use super::ctx::{LlmCall, LlmPlugin, PluginCtx, PluginRequest};
+use super::registry::{self, Registration};
+use super::Plugin;
 use crate::balancer::health::{ActiveProbe, Outcome, PassiveHealth};
 use crate::balancer::tiered::{Algorithm, Member, TieredBalancer};
 use crate::config::schema::ChecksConf;
 use crate::config::schema::{AiProxyMultiConf, OneOrMany};
 use crate::config::{limits, ConfigError};
+use crate::error::Rejection;
 use crate::providers::instance::{InstanceSpec, LlmInstance};
 use crate::router::vars::Variable;
 use crate::router::RequestView;
+
+pub const REGISTRATION: Registration = Registration {
+    name: "ai-proxy-multi",
+    priority: 998,
+    build: |conf, path| {
+        let conf: AiProxyMultiConf = registry::parse(conf, path)?;
+        Ok(Arc::new(Arc::new(AiProxyMulti::build(&conf, path)?)))
+    },
+};
 
 pub struct MultiInstance {
     pub llm: Arc<LlmInstance>,
@@ -394,5 +409,56 @@ fn parse_hash_on(hash_on: Option<&str>, key: Option<&str>) -> Result<HashOn, Str
         other => Err(format!(
             "hash_on must be vars, header, cookie, consumer or vars_combinations, not {other:?}"
         )),
+    }
+}
+
+/// The plugin is the shared `AiProxyMulti` (one balancer state and one set of probes for every
+/// route of a service): an LLM call holds on to it to pick each attempt's instance.
+#[async_trait]
+impl Plugin for Arc<AiProxyMulti> {
+    fn name(&self) -> &'static str {
+        REGISTRATION.name
+    }
+
+    fn priority(&self) -> i32 {
+        REGISTRATION.priority
+    }
+
+    fn needs_body(&self) -> bool {
+        true
+    }
+
+    fn serves_request(&self) -> bool {
+        true
+    }
+
+    async fn access(
+        &self,
+        req: &mut PluginRequest<'_>,
+        ctx: &mut PluginCtx,
+    ) -> Result<(), Rejection> {
+        if let Some(body) = req.body.take() {
+            let key = self.hash_key(&req.view());
+            let call = LlmCall::new(
+                LlmPlugin::Multi(self.clone()),
+                body,
+                self.instances[0].llm.clone(),
+                vec![false; self.instances.len()],
+                key,
+            );
+            ctx.llm = Some(Box::new(call));
+        }
+        Ok(())
+    }
+
+    fn credentials(&self) -> Vec<String> {
+        self.instances
+            .iter()
+            .flat_map(|i| i.llm.credentials())
+            .collect()
+    }
+
+    fn probes(&self) -> Vec<Arc<ActiveProbe>> {
+        AiProxyMulti::probes(self).cloned().collect()
     }
 }

@@ -1,73 +1,105 @@
-//! Plugins, compiled from their APISIX config into runtime objects.
+//! Plugins: APISIX plugins compiled from their config into runtime objects, run as a chain.
 //!
-//! A route's plugins are the service's plugins with the route's own winning per plugin name,
-//! merged once at load time.
+//! Each plugin is one file with a `REGISTRATION` (name, priority, constructor) listed in
+//! `registry.rs`, and implements `Plugin`: one method per phase, all of them optional. The proxy
+//! glue runs each phase over the route's `Chain` (`chain.rs`), in priority order; a plugin sees
+//! the request through `PluginRequest` and keeps its per-request state in `PluginCtx` (`ctx.rs`),
+//! so plugins never depend on the glue.
 
 pub mod ai_proxy;
 pub mod ai_proxy_multi;
+pub mod chain;
+pub mod ctx;
+pub mod registry;
 
 use std::sync::Arc;
 
-use crate::config::schema::PluginsConf;
-use crate::config::ConfigError;
+use async_trait::async_trait;
+use pingora_http::ResponseHeader;
 
-#[derive(Default, Clone)]
-pub struct RoutePlugins {
-    pub ai_proxy: Option<Arc<ai_proxy::AiProxy>>,
-    pub ai_proxy_multi: Option<Arc<ai_proxy_multi::AiProxyMulti>>,
+pub use chain::Chain;
+pub use ctx::{PluginCtx, PluginRequest};
+
+use crate::balancer::health::ActiveProbe;
+use crate::config::ConfigError;
+use crate::error::Rejection;
+
+#[async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    /// The name in `plugins:`.
+    fn name(&self) -> &'static str;
+
+    /// APISIX's priority: higher runs first.
+    fn priority(&self) -> i32;
+
+    /// The JSON request body must be read and parsed before `access` (it is in `req.body`).
+    fn needs_body(&self) -> bool {
+        false
+    }
+
+    /// The plugin serves the request itself (an LLM call) instead of the route's upstream.
+    fn serves_request(&self) -> bool {
+        false
+    }
+
+    /// The plugin needs the route to have an `upstream` (`passthrough`).
+    fn needs_route_upstream(&self) -> bool {
+        false
+    }
+
+    /// APISIX's rewrite phase: authentication.
+    async fn rewrite(
+        &self,
+        _req: &mut PluginRequest<'_>,
+        _ctx: &mut PluginCtx,
+    ) -> Result<(), Rejection> {
+        Ok(())
+    }
+
+    /// APISIX's access phase: admission, and preparing the upstream call.
+    async fn access(
+        &self,
+        _req: &mut PluginRequest<'_>,
+        _ctx: &mut PluginCtx,
+    ) -> Result<(), Rejection> {
+        Ok(())
+    }
+
+    /// The answer's header on its way to the client.
+    fn header_filter(&self, _resp: &mut ResponseHeader, _ctx: &mut PluginCtx) {}
+
+    /// The answer has ended and its usage is known; its last byte has not reached the client
+    /// yet. Synchronous: it runs in Pingora's body filter.
+    fn answer_end(&self, _ctx: &mut PluginCtx) {}
+
+    /// After the request ended, however it ended (APISIX's log phase).
+    async fn log(&self, _ctx: &mut PluginCtx) {}
+
+    /// The secrets this plugin's config holds, scrubbed from every log line.
+    fn credentials(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Active health probes to run while this plugin is configured.
+    fn probes(&self) -> Vec<Arc<ActiveProbe>> {
+        Vec::new()
+    }
 }
 
-impl RoutePlugins {
-    /// Compile one object's `plugins` (a route's or a service's); `path` is that object's path.
-    pub fn compile(conf: Option<&PluginsConf>, path: &str) -> Result<RoutePlugins, ConfigError> {
-        let Some(conf) = conf else {
-            return Ok(RoutePlugins::default());
-        };
-        let ai_proxy = match &conf.ai_proxy {
-            Some(c) => Some(Arc::new(ai_proxy::AiProxy::build(
-                c,
-                &format!("{path}.plugins.ai-proxy"),
-            )?)),
-            None => None,
-        };
-        let ai_proxy_multi = match &conf.ai_proxy_multi {
-            Some(c) => Some(Arc::new(ai_proxy_multi::AiProxyMulti::build(
-                c,
-                &format!("{path}.plugins.ai-proxy-multi"),
-            )?)),
-            None => None,
-        };
-        Ok(RoutePlugins {
-            ai_proxy,
-            ai_proxy_multi,
-        })
-    }
+pub use crate::config::schema::PluginsConf;
 
-    /// The route's plugins over its service's: the route wins plugin by plugin. Service plugins
-    /// are shared (same runtime object, so one balancer state and one set of health probes for
-    /// every route of the service).
-    pub fn over(
-        self,
-        service: &RoutePlugins,
-        route_path: &str,
-    ) -> Result<RoutePlugins, ConfigError> {
-        let merged = RoutePlugins {
-            ai_proxy: self.ai_proxy.or_else(|| service.ai_proxy.clone()),
-            ai_proxy_multi: self
-                .ai_proxy_multi
-                .or_else(|| service.ai_proxy_multi.clone()),
-        };
-        if merged.ai_proxy.is_some() && merged.ai_proxy_multi.is_some() {
-            return Err(ConfigError::new(
-                format!("{route_path}.plugins"),
-                "ai-proxy and ai-proxy-multi both apply to this route; use one of them",
-            ));
-        }
-        Ok(merged)
+/// Compile one object's `plugins` (a route's or a service's); `path` is that object's path.
+pub fn compile(
+    conf: Option<&PluginsConf>,
+    path: &str,
+) -> Result<Vec<Arc<dyn Plugin>>, ConfigError> {
+    let mut out = Vec::new();
+    for (name, value) in conf.into_iter().flatten() {
+        out.push(registry::build(
+            name,
+            value,
+            &format!("{path}.plugins.{name}"),
+        )?);
     }
-
-    /// Whether the route is an AI route (its body is an LLM request).
-    pub fn is_ai(&self) -> bool {
-        self.ai_proxy.is_some() || self.ai_proxy_multi.is_some()
-    }
+    Ok(out)
 }

@@ -4,110 +4,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::body_budget::Reservation;
 use super::errors::GatewayError;
 use super::replay::ReplayToken;
-use crate::llm::json_tap::JsonTap;
-use crate::llm::request::LlmRequest;
-use crate::llm::sse::SseTap;
-use crate::llm::usage::Usage;
-use crate::plugins::ai_proxy::AiProxy;
-use crate::plugins::ai_proxy_multi::AiProxyMulti;
-use crate::providers::instance::{LlmInstance, Target};
+use crate::plugins::PluginCtx;
 use crate::store::{Route, Snapshot};
-
-/// APISIX's `request_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RequestType {
-    #[default]
-    TraditionalHttp,
-    AiChat,
-    AiStream,
-}
-
-impl RequestType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RequestType::TraditionalHttp => "traditional_http",
-            RequestType::AiChat => "ai_chat",
-            RequestType::AiStream => "ai_stream",
-        }
-    }
-}
-
-/// How the upstream's answer body is watched on its way to the client.
-#[derive(Default)]
-pub enum ResponseTap {
-    #[default]
-    None,
-    /// Server-sent events: usage from the final event, bytes forwarded as they come.
-    Sse(Box<SseTap>),
-    /// A JSON document: usage scanned as it streams past.
-    Json(Box<JsonTap>),
-    /// The whole answer is needed (Vertex predict → OpenAI embeddings conversion).
-    Collect(BytesMut),
-}
-
-/// Which plugin serves the route.
-pub enum LlmPlugin {
-    Single(Arc<AiProxy>),
-    Multi(Arc<AiProxyMulti>),
-}
-
-/// The LLM side of an AI request.
-pub struct LlmCall {
-    pub plugin: LlmPlugin,
-    pub request: LlmRequest,
-    /// The instance of the current attempt.
-    pub instance: Arc<LlmInstance>,
-    /// ai-proxy-multi: the current attempt's instance index, and which instances were tried.
-    pub instance_idx: Option<usize>,
-    pub tried: Vec<bool>,
-    /// ai-proxy-multi `chash`: the request's key.
-    pub hash_key: Option<Vec<u8>>,
-    pub target: Option<Target>,
-    /// The rewritten body of the current attempt.
-    pub upstream_body: Bytes,
-    /// The model the client asked for.
-    pub request_model: Option<String>,
-    /// The model sent upstream.
-    pub model: Option<String>,
-    /// The model the provider reported.
-    pub response_model: Option<String>,
-    pub usage_injected: bool,
-    pub upstream_stream: bool,
-    pub tap: ResponseTap,
-    pub usage: Option<Usage>,
-    /// `usage` is the gateway's estimate, not the provider's count.
-    pub usage_estimated: bool,
-    /// When the current attempt was sent to the provider.
-    pub sent_at: Option<Instant>,
-    /// When the first content (streaming) or the whole answer (otherwise) arrived.
-    pub first_token_at: Option<Instant>,
-    pub attempts: u32,
-    /// Answer text for `logging.payloads`.
-    pub response_text: Option<String>,
-    /// Passthrough: the LLM's answer, to be sent on to the route's upstream.
-    pub passthrough_body: Option<Bytes>,
-    /// Bytes kept of a JSON answer for payload logging.
-    pub payload_buf: Option<BytesMut>,
-}
-
-impl LlmCall {
-    /// ai-proxy-multi's plugin, if that is what serves the route.
-    pub fn multi(&self) -> Option<&Arc<AiProxyMulti>> {
-        match &self.plugin {
-            LlmPlugin::Multi(m) => Some(m),
-            LlmPlugin::Single(_) => None,
-        }
-    }
-
-    pub fn passthrough(&self) -> bool {
-        matches!(&self.plugin, LlmPlugin::Single(p) if p.passthrough)
-    }
-}
 
 pub struct RequestCtx {
     pub started: Instant,
@@ -115,8 +18,8 @@ pub struct RequestCtx {
     pub request_id: String,
     pub snapshot: Option<Arc<Snapshot>>,
     pub route: Option<Arc<Route>>,
-    pub request_type: RequestType,
-    pub llm: Option<Box<LlmCall>>,
+    /// The plugins' view of the request and their state (the LLM call among it).
+    pub plugins: PluginCtx,
     /// A request body read by the gateway that must reach the upstream unchanged (plain route
     /// matched on `post_arg`).
     pub replay_body: Option<Bytes>,
@@ -153,8 +56,7 @@ impl RequestCtx {
             request_id: String::new(),
             snapshot: None,
             route: None,
-            request_type: RequestType::TraditionalHttp,
-            llm: None,
+            plugins: PluginCtx::default(),
             replay_body: None,
             replay: ReplayToken::default(),
             upstream_addr: None,

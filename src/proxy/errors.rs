@@ -1,94 +1,33 @@
-//! Errors the gateway answers itself, in OpenAI's error shape:
-//! `{"error":{"message":"...","type":"...","code":"..."}}`.
-//!
-//! Messages are written for the API user and never carry secrets (keys, tokens, auth headers,
-//! endpoint query strings).
+//! Writing the gateway's own errors (`crate::error::GatewayError`) to the client, and mapping
+//! Pingora's proxying failures to them.
 
-use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-#[derive(Debug, Clone)]
-pub struct GatewayError {
-    pub status: u16,
-    /// OpenAI's `type`: `invalid_request_error`, `api_error`, ...
-    pub kind: &'static str,
-    /// A stable machine-readable code.
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl GatewayError {
-    pub fn new(
-        status: u16,
-        kind: &'static str,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        GatewayError {
-            status,
-            kind,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(400, "invalid_request_error", code, message)
-    }
-
-    pub fn not_found() -> Self {
-        Self::new(
-            404,
-            "invalid_request_error",
-            "route_not_found",
-            "no route matches this request",
-        )
-    }
-
-    pub fn too_large(limit: u64) -> Self {
-        Self::new(
-            413,
-            "invalid_request_error",
-            "request_too_large",
-            format!("request body exceeds the {limit} byte limit"),
-        )
-    }
-
-    pub fn bad_gateway(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(502, "api_error", code, message)
-    }
-
-    pub fn timeout(message: impl Into<String>) -> Self {
-        Self::new(504, "api_error", "upstream_timeout", message)
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "api_error", "internal_error", message)
-    }
-
-    pub fn body(&self) -> Bytes {
-        let v = serde_json::json!({
-            "error": { "message": self.message, "type": self.kind, "code": self.code }
-        });
-        Bytes::from(v.to_string())
-    }
-
-    /// A Pingora error with this status, for hooks that must return one. The full error (type,
-    /// code) travels in the request context; this only carries status and message.
-    pub fn to_pingora(&self) -> Box<Error> {
-        Error::explain(ErrorType::HTTPStatus(self.status), self.message.clone())
-    }
-}
+pub use crate::error::GatewayError;
 
 /// Write `err` as the complete response. Errors writing (client gone) are ignored: there is no
 /// one left to tell.
 pub async fn respond(session: &mut Session, request_id: &str, err: &GatewayError) {
+    respond_with(session, request_id, err, &[]).await
+}
+
+/// `respond`, with extra headers (a plugin's refusal carries its own, e.g. quota headers).
+pub async fn respond_with(
+    session: &mut Session,
+    request_id: &str,
+    err: &GatewayError,
+    headers: &[(HeaderName, HeaderValue)],
+) {
     let body = err.body();
-    let Ok(mut resp) = ResponseHeader::build(err.status, Some(4)) else {
+    let Ok(mut resp) = ResponseHeader::build(err.status, Some(4 + headers.len())) else {
         return;
     };
+    for (k, v) in headers {
+        let _ = resp.append_header(k.clone(), v.clone());
+    }
     let _ = resp.insert_header("Content-Type", "application/json");
     let _ = resp.insert_header("Content-Length", body.len().to_string());
     if !request_id.is_empty() {

@@ -19,7 +19,7 @@ use crate::net::peer;
 /// `upstream_response_filter`: `Some(error)` to try the next instance instead of answering.
 pub fn on_status(status: u16, ctx: &mut RequestCtx) -> Option<Box<Error>> {
     let elapsed = ctx.started.elapsed();
-    let llm = ctx.llm.as_deref()?;
+    let llm = ctx.plugins.llm.as_deref()?;
     let m = llm.multi()?;
     let idx = llm.instance_idx?;
     m.record(idx, Outcome::Status(status));
@@ -59,7 +59,7 @@ pub fn on_transport_error(
     }
     let elapsed = ctx.started.elapsed();
     let answered = session.response_written().is_some();
-    match ctx.llm.as_mut() {
+    match ctx.plugins.llm.as_mut() {
         None => {
             // Plain upstream routes keep Pingora's rule: only idempotent requests are retried,
             // and only when the failure may be a stale pooled connection.

@@ -41,11 +41,11 @@ impl LogView<'_> {
     }
 
     fn tokens(&self) -> Option<crate::llm::usage::Usage> {
-        self.ctx.llm.as_ref().and_then(|l| l.usage)
+        self.ctx.plugins.llm.as_ref().and_then(|l| l.usage)
     }
 
     fn ttft(&self) -> Option<Duration> {
-        let llm = self.ctx.llm.as_ref()?;
+        let llm = self.ctx.plugins.llm.as_ref()?;
         let t = llm.first_token_at?;
         let from = llm.sent_at.unwrap_or(self.ctx.started);
         Some(t.saturating_duration_since(from))
@@ -170,24 +170,34 @@ impl LogSource for LogView<'_> {
             }
             Var::ConsumerName => {}
             Var::RequestId => out.push_str(&ctx.request_id),
-            Var::RequestType => out.push_str(ctx.request_type.as_str()),
+            Var::RequestType => out.push_str(ctx.plugins.request_type.as_str()),
             Var::LlmTimeToFirstToken => {
                 if let Some(d) = self.ttft() {
                     let _ = write!(out, "{}", d.as_millis());
                 }
             }
             Var::LlmModel => {
-                if let Some(m) = ctx.llm.as_ref().and_then(|l| l.model.as_deref()) {
+                if let Some(m) = ctx.plugins.llm.as_ref().and_then(|l| l.model.as_deref()) {
                     out.push_str(m);
                 }
             }
             Var::LlmResponseModel => {
-                if let Some(m) = ctx.llm.as_ref().and_then(|l| l.response_model.as_deref()) {
+                if let Some(m) = ctx
+                    .plugins
+                    .llm
+                    .as_ref()
+                    .and_then(|l| l.response_model.as_deref())
+                {
                     out.push_str(m);
                 }
             }
             Var::RequestLlmModel => {
-                if let Some(m) = ctx.llm.as_ref().and_then(|l| l.request_model.as_deref()) {
+                if let Some(m) = ctx
+                    .plugins
+                    .llm
+                    .as_ref()
+                    .and_then(|l| l.request_model.as_deref())
+                {
                     out.push_str(m);
                 }
             }
@@ -207,17 +217,17 @@ impl LogSource for LogView<'_> {
                 }
             }
             Var::LlmInstance => {
-                if let Some(l) = &ctx.llm {
+                if let Some(l) = &ctx.plugins.llm {
                     out.push_str(&l.instance.name);
                 }
             }
             Var::LlmAttempts => {
-                if let Some(l) = &ctx.llm {
+                if let Some(l) = &ctx.plugins.llm {
                     let _ = write!(out, "{}", l.attempts);
                 }
             }
             Var::LlmSummary => {
-                let Some(l) = &ctx.llm else { return };
+                let Some(l) = &ctx.plugins.llm else { return };
                 let u = l.usage.unwrap_or_default();
                 let v = serde_json::json!({
                     "request_model": l.request_model,
@@ -237,7 +247,7 @@ impl LogSource for LogView<'_> {
                 out.push_str(&v.to_string());
             }
             Var::LlmPayload => {
-                let Some(l) = &ctx.llm else { return };
+                let Some(l) = &ctx.plugins.llm else { return };
                 let request: serde_json::Value = l
                     .request
                     .prompt_json()
@@ -275,6 +285,7 @@ impl LogSource for LogView<'_> {
 
     fn wants_summary(&self) -> bool {
         self.ctx
+            .plugins
             .llm
             .as_ref()
             .is_some_and(|l| l.instance.logging.summaries)
@@ -282,6 +293,7 @@ impl LogSource for LogView<'_> {
 
     fn wants_payload(&self) -> bool {
         self.ctx
+            .plugins
             .llm
             .as_ref()
             .is_some_and(|l| l.instance.logging.payloads)

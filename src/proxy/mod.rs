@@ -98,8 +98,8 @@ impl ProxyHttp for Gateway {
                         ctx.drain_before_close = true;
                     }
                 }
-                errors::respond(session, &ctx.request_id, &err).await;
-                ctx.error = Some(err);
+                errors::respond_with(session, &ctx.request_id, &err.error, &err.headers).await;
+                ctx.error = Some(err.error);
                 Ok(true)
             }
         }
@@ -210,6 +210,12 @@ impl ProxyHttp for Gateway {
         if response::on_client_header(upstream_response, ctx) {
             replay::hold_header(session, &ctx.replay);
         }
+        for (k, v) in &ctx.plugins.response_headers {
+            let _ = upstream_response.insert_header(k.clone(), v.clone());
+        }
+        if let Some(chain) = ctx.plugins.chain.clone() {
+            chain.header_filter(upstream_response, &mut ctx.plugins);
+        }
         Ok(())
     }
 
@@ -221,6 +227,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         response::on_body(body, end_of_stream, ctx).map_err(|e| remember(ctx, e))?;
+        if end_of_stream {
+            // The answer is complete, its last bytes still here: plugins that account for it do
+            // so now, so a client that asks again right after reading it sees the result.
+            response::settle_usage(ctx);
+            if let Some(chain) = ctx.plugins.chain.clone() {
+                chain.answer_end(&mut ctx.plugins);
+            }
+        }
         Ok(None)
     }
 
@@ -260,6 +274,9 @@ impl ProxyHttp for Gateway {
             let _ = session.downstream_session.drain_request_body().await;
         }
         response::settle_usage(ctx);
+        if let Some(chain) = ctx.plugins.chain.clone() {
+            chain.log(&mut ctx.plugins).await;
+        }
         if self.access_log.enabled() {
             let view = logging::LogView {
                 session,
@@ -279,7 +296,10 @@ impl ProxyHttp for Gateway {
     ) -> bool {
         // ai-proxy-multi falling back is planned behaviour, logged at info by `fallback`; the
         // access log records the instance that served and the number of attempts.
-        ctx.llm.as_ref().is_some_and(|l| l.multi().is_some())
+        ctx.plugins
+            .llm
+            .as_ref()
+            .is_some_and(|l| l.multi().is_some())
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {

@@ -10,7 +10,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
-use super::ctx::{LlmCall, RequestCtx};
+use super::ctx::RequestCtx;
 use super::errors::{self, GatewayError};
 use crate::llm::json_tap::JsonTap;
 use crate::llm::request::RewriteSpec;
@@ -18,6 +18,7 @@ use crate::llm::sse::{SseTap, SseTapOptions};
 use crate::net::client::{self, ClientError};
 use crate::net::dns;
 use crate::net::peer::http_peer;
+use crate::plugins::ctx::{LlmCall, ResponseTap};
 use crate::providers::instance::LlmInstance;
 use crate::providers::vertex_ai;
 use crate::store::upstream::PassHost;
@@ -120,7 +121,7 @@ pub fn prepare_attempt(llm: &mut LlmCall) -> Result<(), GatewayError> {
     llm.usage = None;
     llm.usage_estimated = false;
     llm.response_model = None;
-    llm.tap = super::ctx::ResponseTap::None;
+    llm.tap = ResponseTap::None;
     let inst = llm.instance.clone();
     let rw = llm.request.rewrite(
         &inst.options,
@@ -170,11 +171,12 @@ async fn gcp_header(llm: &LlmCall) -> Result<Option<HeaderValue>, GatewayError> 
 /// `upstream_peer`: where this attempt goes.
 pub async fn select_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayError> {
     let to_llm = ctx
+        .plugins
         .llm
         .as_ref()
         .is_some_and(|l| l.passthrough_body.is_none());
     let peer = if to_llm {
-        let llm = ctx.llm.as_mut().expect("checked");
+        let llm = ctx.plugins.llm.as_mut().expect("checked");
         prepare_attempt(llm)?;
         let target = llm.target.as_ref().expect("set by prepare_attempt");
         let ep = &target.endpoint;
@@ -223,11 +225,12 @@ pub async fn shape_request(
     set(req, HeaderName::from_static("x-request-id"), rid)?;
 
     let to_llm = ctx
+        .plugins
         .llm
         .as_ref()
         .is_some_and(|l| l.passthrough_body.is_none());
     if to_llm {
-        let llm = ctx.llm.as_ref().expect("checked");
+        let llm = ctx.plugins.llm.as_ref().expect("checked");
         let target = llm
             .target
             .as_ref()
@@ -309,6 +312,7 @@ pub async fn shape_request(
         }
     }
     let replaced = ctx
+        .plugins
         .llm
         .as_ref()
         .and_then(|l| l.passthrough_body.as_ref())
@@ -333,7 +337,7 @@ pub async fn shape_request(
     {
         set(req, http::header::TRANSFER_ENCODING, te.clone())?;
     }
-    if let Some(llm) = &ctx.llm {
+    if let Some(llm) = &ctx.plugins.llm {
         if llm.passthrough_body.is_some() {
             set(
                 req,
@@ -347,7 +351,7 @@ pub async fn shape_request(
 
 /// `request_body_filter`: send the rewritten body (or the replayed one) instead of the client's.
 pub fn swap_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &RequestCtx) {
-    let replacement = match &ctx.llm {
+    let replacement = match &ctx.plugins.llm {
         Some(l) => Some(l.passthrough_body.as_ref().unwrap_or(&l.upstream_body)),
         None => ctx.replay_body.as_ref(),
     };
@@ -370,7 +374,11 @@ pub async fn passthrough_call(
 ) -> Result<Option<()>, GatewayError> {
     let request_id = ctx.request_id.clone();
     let max_response = usize::try_from(ctx.max_body_size).unwrap_or(usize::MAX);
-    let llm = ctx.llm.as_mut().expect("passthrough needs an LLM call");
+    let llm = ctx
+        .plugins
+        .llm
+        .as_mut()
+        .expect("passthrough needs an LLM call");
     prepare_attempt(llm)?;
     let target = llm.target.as_ref().expect("set by prepare_attempt");
     let inst = llm.instance.clone();
@@ -503,6 +511,7 @@ pub fn classify_failure(e: &pingora_error::Error, ctx: &RequestCtx) -> Option<Ga
         return Some(err.clone());
     }
     let timeout_ms = ctx
+        .plugins
         .llm
         .as_ref()
         .map(|l| l.instance.timeout.as_millis() as u64);
@@ -510,6 +519,7 @@ pub fn classify_failure(e: &pingora_error::Error, ctx: &RequestCtx) -> Option<Ga
     // Several instances tried and none answered: that is the route failing, not one timeout.
     // (A single instance's second attempt after a stale pooled connection is the same instance.)
     if let Some(llm) = ctx
+        .plugins
         .llm
         .as_ref()
         .filter(|l| l.attempts > 1 && l.multi().is_some())

@@ -8,10 +8,12 @@ use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
 
 use super::body_budget::BodyClaim;
-use super::ctx::{LlmCall, LlmPlugin, RequestCtx, RequestType, ResponseTap};
+use super::ctx::RequestCtx;
 use super::errors::GatewayError;
 use super::{outbound, replay, Gateway};
+use crate::error::Rejection;
 use crate::llm::request::{BodyError, LlmRequest};
+use crate::plugins::ctx::{PluginRequest, RequestType};
 use crate::router::vars::{JsonArg, PostArgs, Value};
 use crate::router::RequestView;
 
@@ -19,8 +21,8 @@ use crate::router::RequestView;
 pub enum Verdict {
     /// Go on to the upstream.
     Proxy,
-    /// Answer this error now.
-    Reject(GatewayError),
+    /// Answer this error now (with the headers a plugin's refusal carries).
+    Reject(Rejection),
     /// A response was already written (passthrough relayed the provider's error).
     Responded,
 }
@@ -36,7 +38,7 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
     if needs_body && has_body(session) {
         match read_body(session, gw, ctx).await {
             Ok(b) => body = Some(b),
-            Err(e) => return Verdict::Reject(e),
+            Err(e) => return Verdict::Reject(e.into()),
         }
         parsed = body.clone().and_then(|b| LlmRequest::parse(b).ok());
     }
@@ -47,28 +49,89 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
             .find(&view(session, args.as_ref().map(|a| a as &dyn PostArgs)))
     };
     let Some(idx) = found else {
-        return Verdict::Reject(GatewayError::not_found());
+        return Verdict::Reject(GatewayError::not_found().into());
     };
     let route = snapshot.routes[idx].clone();
     ctx.route = Some(route.clone());
 
-    let plugin = match (&route.plugins.ai_proxy, &route.plugins.ai_proxy_multi) {
-        (Some(p), _) => LlmPlugin::Single(p.clone()),
-        (None, Some(m)) => LlmPlugin::Multi(m.clone()),
-        (None, None) => {
-            // A plain route: the body streams through Pingora untouched, unless it was already
-            // read for matching, in which case it is replayed as is.
-            if let Some(b) = body.filter(|b| !b.is_empty()) {
-                ctx.replay_body = Some(b.clone());
-                ctx.replay = replay::install(session, b);
-            }
-            return Verdict::Proxy;
-        }
-    };
+    let chain = route.chain.clone();
+    ctx.plugins.chain = Some(chain.clone());
+    let (client_ip, server_port) = addrs(session);
 
+    // Authentication first: a client that may not use the route gets its 401 before the gateway
+    // reads (and holds) its body.
+    {
+        let mut req = PluginRequest {
+            header: session.req_header_mut(),
+            client_ip,
+            server_port,
+            body: None,
+        };
+        if let Err(r) = chain.rewrite(&mut req, &mut ctx.plugins).await {
+            return Verdict::Reject(r);
+        }
+    }
+
+    let request = if chain.needs_body() {
+        match llm_body(session, gw, ctx, body, parsed).await {
+            Ok(r) => {
+                ctx.plugins.request_type = if r.stream() {
+                    RequestType::AiStream
+                } else {
+                    RequestType::AiChat
+                };
+                Some(r)
+            }
+            Err(e) => return Verdict::Reject(e.into()),
+        }
+    } else {
+        // No plugin reads the body: it streams through Pingora untouched, unless it was already
+        // read for matching, in which case it is replayed as is.
+        if let Some(b) = body.filter(|b| !b.is_empty()) {
+            ctx.replay_body = Some(b.clone());
+            ctx.replay = replay::install(session, b);
+        }
+        None
+    };
+    {
+        let mut req = PluginRequest {
+            header: session.req_header_mut(),
+            client_ip,
+            server_port,
+            body: request,
+        };
+        if let Err(r) = chain.access(&mut req, &mut ctx.plugins).await {
+            return Verdict::Reject(r);
+        }
+    }
+
+    let Some(llm) = ctx.plugins.llm.as_ref() else {
+        return Verdict::Proxy;
+    };
+    let client_body = llm.request.body().clone();
+    if llm.passthrough() {
+        match outbound::passthrough_call(session, ctx).await {
+            Ok(None) => {}
+            Ok(Some(())) => return Verdict::Responded,
+            Err(e) => return Verdict::Reject(e.into()),
+        }
+    }
+    ctx.replay = replay::install(session, client_body);
+    Verdict::Proxy
+}
+
+/// The JSON body an LLM call needs: checked (`Content-Type`), read (unless routing already did)
+/// and parsed, or the 400/413/408 the client gets.
+async fn llm_body(
+    session: &mut Session,
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    body: Option<Bytes>,
+    parsed: Option<LlmRequest>,
+) -> Result<LlmRequest, GatewayError> {
     if let Some(ct) = session.req_header().headers.get(http::header::CONTENT_TYPE) {
         if !is_json(ct.as_bytes()) {
-            return Verdict::Reject(GatewayError::bad_request(
+            return Err(GatewayError::bad_request(
                 "invalid_content_type",
                 format!(
                     "Content-Type must be application/json, got {:?}",
@@ -77,82 +140,35 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
             ));
         }
     }
-    let request = match parsed {
-        Some(p) => p,
-        None => {
-            let b = match body {
-                Some(b) => b,
-                None => match read_body(session, gw, ctx).await {
-                    Ok(b) => b,
-                    Err(e) => return Verdict::Reject(e),
-                },
-            };
-            match LlmRequest::parse(b) {
-                Ok(p) => p,
-                Err(e) => {
-                    let code = match e {
-                        BodyError::Empty => "empty_body",
-                        BodyError::InvalidJson(_) => "invalid_json",
-                        BodyError::NotObject => "invalid_body",
-                    };
-                    return Verdict::Reject(GatewayError::bad_request(code, e.to_string()));
-                }
-            }
-        }
-    };
-    ctx.request_type = if request.stream() {
-        RequestType::AiStream
-    } else {
-        RequestType::AiChat
-    };
-    let client_body = request.body().clone();
-    let request_model = request.model();
-    let (instance, tried, hash_key) = match &plugin {
-        LlmPlugin::Single(p) => (p.instance.clone(), Vec::new(), None),
-        LlmPlugin::Multi(m) => {
-            let key = m.hash_key(&view(session, None));
-            (
-                m.instances[0].llm.clone(),
-                vec![false; m.instances.len()],
-                key,
-            )
-        }
-    };
-    let passthrough = matches!(&plugin, LlmPlugin::Single(p) if p.passthrough);
-    ctx.llm = Some(Box::new(LlmCall {
-        plugin,
-        request,
-        instance,
-        instance_idx: None,
-        tried,
-        hash_key,
-        target: None,
-        upstream_body: Bytes::new(),
-        request_model,
-        model: None,
-        response_model: None,
-        usage_injected: false,
-        upstream_stream: false,
-        tap: ResponseTap::None,
-        usage: None,
-        usage_estimated: false,
-        sent_at: None,
-        first_token_at: None,
-        attempts: 0,
-        response_text: None,
-        passthrough_body: None,
-        payload_buf: None,
-    }));
-
-    if passthrough {
-        match outbound::passthrough_call(session, ctx).await {
-            Ok(None) => {}
-            Ok(Some(())) => return Verdict::Responded,
-            Err(e) => return Verdict::Reject(e),
-        }
+    if let Some(p) = parsed {
+        return Ok(p);
     }
-    ctx.replay = replay::install(session, client_body);
-    Verdict::Proxy
+    let b = match body {
+        Some(b) => b,
+        None => read_body(session, gw, ctx).await?,
+    };
+    LlmRequest::parse(b).map_err(|e| {
+        let code = match e {
+            BodyError::Empty => "empty_body",
+            BodyError::InvalidJson(_) => "invalid_json",
+            BodyError::NotObject => "invalid_body",
+        };
+        GatewayError::bad_request(code, e.to_string())
+    })
+}
+
+/// The client's IP and the port it connected to.
+fn addrs(session: &Session) -> (Option<IpAddr>, u16) {
+    let client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let server_port = session
+        .server_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.port())
+        .unwrap_or(0);
+    (client_ip, server_port)
 }
 
 fn has_body(session: &Session) -> bool {
@@ -309,32 +325,8 @@ async fn read_whole_body(
 }
 
 fn view<'a>(session: &'a Session, body: Option<&'a dyn PostArgs>) -> RequestView<'a> {
-    let req = session.req_header();
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.host());
-    let remote_addr: Option<IpAddr> = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
-    let server_port = session
-        .server_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.port())
-        .unwrap_or(0);
-    RequestView {
-        method: req.method.as_str(),
-        path: req.uri.path(),
-        query: req.uri.query(),
-        host,
-        headers: &req.headers,
-        remote_addr,
-        scheme: "http",
-        server_port,
-        body,
-    }
+    let (client_ip, server_port) = addrs(session);
+    RequestView::of(session.req_header(), client_ip, server_port, body)
 }
 
 /// `post_arg.*` over the parsed body. Public for the route-matching benchmark.

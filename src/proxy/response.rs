@@ -7,10 +7,11 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
 
-use super::ctx::{RequestCtx, ResponseTap};
+use super::ctx::RequestCtx;
 use super::errors::GatewayError;
 use crate::llm::sse::{SseTap, SseTapOptions};
 use crate::llm::usage::Usage;
+use crate::plugins::ctx::ResponseTap;
 use crate::providers::vertex_ai;
 
 /// Payload logging keeps at most this much of a JSON answer.
@@ -20,7 +21,9 @@ const PAYLOAD_CAP: usize = 1 << 20;
 pub fn on_upstream_header(resp: &ResponseHeader, ctx: &mut RequestCtx) {
     ctx.upstream_status = Some(resp.status.as_u16());
     ctx.upstream_header_at = Some(Instant::now());
-    let Some(llm) = ctx.llm.as_mut() else { return };
+    let Some(llm) = ctx.plugins.llm.as_mut() else {
+        return;
+    };
     if llm.passthrough_body.is_some() {
         return; // the answer comes from the route's upstream, not the LLM
     }
@@ -58,7 +61,7 @@ pub fn too_large(limit: u64) -> GatewayError {
 /// still answered with a 502).
 pub fn on_client_header(resp: &mut ResponseHeader, ctx: &RequestCtx) -> bool {
     let _ = resp.insert_header("X-Request-Id", ctx.request_id.as_str());
-    let Some(llm) = ctx.llm.as_ref() else {
+    let Some(llm) = ctx.plugins.llm.as_ref() else {
         return false;
     };
     let rewrites_body = match &llm.tap {
@@ -83,7 +86,7 @@ pub fn on_body(
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
     let limit = ctx.max_body_size;
-    let Some(llm) = ctx.llm.as_mut() else {
+    let Some(llm) = ctx.plugins.llm.as_mut() else {
         if end_of_stream {
             ctx.upstream_done_at = Some(Instant::now());
         }
@@ -160,7 +163,9 @@ pub fn on_body(
 /// Copy what the tap saw into the call record (also used when the client left mid-stream: the
 /// tokens already generated are still counted).
 pub fn settle_usage(ctx: &mut RequestCtx) {
-    let Some(llm) = ctx.llm.as_mut() else { return };
+    let Some(llm) = ctx.plugins.llm.as_mut() else {
+        return;
+    };
     match &llm.tap {
         ResponseTap::Sse(tap) => {
             llm.usage = tap.usage().or(llm.usage);

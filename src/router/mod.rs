@@ -82,6 +82,33 @@ pub struct RequestView<'a> {
     pub body: Option<&'a dyn vars::PostArgs>,
 }
 
+impl<'a> RequestView<'a> {
+    /// The view of a request header (plain HTTP; the Host header, else the URI's authority).
+    pub fn of(
+        req: &'a pingora_http::RequestHeader,
+        remote_addr: Option<IpAddr>,
+        server_port: u16,
+        body: Option<&'a dyn vars::PostArgs>,
+    ) -> RequestView<'a> {
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host());
+        RequestView {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            query: req.uri.query(),
+            host,
+            headers: &req.headers,
+            remote_addr,
+            scheme: "http",
+            server_port,
+            body,
+        }
+    }
+}
+
 /// Candidate order; see the module documentation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MatchMode {

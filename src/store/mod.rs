@@ -13,13 +13,14 @@ use arc_swap::ArcSwap;
 
 use crate::config::schema::{FileConfig, RouteConf, ServiceConf};
 use crate::config::ConfigError;
-use crate::plugins::RoutePlugins;
+use crate::plugins::{self, Chain, Plugin};
 use crate::router::{vars::Expr, RouteEntry, Router};
 use upstream::Upstream;
 
 pub struct Route {
     pub id: String,
-    pub plugins: RoutePlugins,
+    /// The route's plugins over its service's, in the order they run.
+    pub chain: Arc<Chain>,
     pub upstream: Option<Arc<Upstream>>,
 }
 
@@ -37,28 +38,30 @@ const METHODS: &[&str] = &[
 impl Snapshot {
     /// Every credential value configured (auth headers and query parameters), for log scrubbing.
     pub fn credentials(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for r in &self.routes {
-            if let Some(p) = &r.plugins.ai_proxy {
-                out.extend(p.instance.credentials());
-            }
-            if let Some(m) = &r.plugins.ai_proxy_multi {
-                for i in &m.instances {
-                    out.extend(i.llm.credentials());
-                }
-            }
-        }
-        out
+        self.routes
+            .iter()
+            .flat_map(|r| r.chain.plugins())
+            .flat_map(|p| p.credentials())
+            .collect()
     }
 
     pub fn build(file: &FileConfig) -> Result<Snapshot, ConfigError> {
-        let mut services: HashMap<String, (usize, &ServiceConf, RoutePlugins)> = HashMap::new();
-        for (i, s) in file.services.iter().enumerate() {
-            let plugins = RoutePlugins::compile(s.plugins.as_ref(), &format!("services[{i}]"))?;
-            if services.insert(s.id.to_string(), (i, s, plugins)).is_some() {
+        // A service's plugins are compiled once and shared by its routes (one balancer state and
+        // one set of health probes), unless a route has its own config for that plugin.
+        let mut services: HashMap<String, Service> = HashMap::new();
+        for (index, conf) in file.services.iter().enumerate() {
+            let path = format!("services[{index}]");
+            let plugins = plugins::compile(conf.plugins.as_ref(), &path)?;
+            let id = conf.id.to_string();
+            let service = Service {
+                index,
+                conf,
+                plugins,
+            };
+            if services.insert(id.clone(), service).is_some() {
                 return Err(ConfigError::new(
-                    format!("services[{i}].id"),
-                    format!("duplicate service id {:?}", s.id.to_string()),
+                    format!("{path}.id"),
+                    format!("duplicate service id {id:?}"),
                 ));
             }
         }
@@ -85,20 +88,17 @@ impl Snapshot {
                 })?),
                 None => None,
             };
-            let (route, entry) =
-                compile_route(r, &path, service.map(|(j, s, p)| (*j, *s, p)), routes.len())?;
+            let (route, entry) = compile_route(r, &path, service, routes.len())?;
             routes.push(Arc::new(route));
             entries.push(entry);
         }
         let router = Router::new(entries).map_err(|m| ConfigError::new("routes", m))?;
         // A service's plugins are shared by its routes: collect each probe once.
         let mut probes: Vec<Arc<crate::balancer::health::ActiveProbe>> = Vec::new();
-        for r in &routes {
-            if let Some(m) = &r.plugins.ai_proxy_multi {
-                for p in m.probes() {
-                    if !probes.iter().any(|q| Arc::ptr_eq(q, p)) {
-                        probes.push(p.clone());
-                    }
+        for p in routes.iter().flat_map(|r| r.chain.plugins()) {
+            for probe in p.probes() {
+                if !probes.iter().any(|q| Arc::ptr_eq(q, &probe)) {
+                    probes.push(probe);
                 }
             }
         }
@@ -110,10 +110,18 @@ impl Snapshot {
     }
 }
 
+/// A service while routes are compiled: its config, its place in the file, and its plugins
+/// (compiled once and shared by its routes: one balancer state, one set of health probes).
+struct Service<'a> {
+    index: usize,
+    conf: &'a ServiceConf,
+    plugins: Vec<Arc<dyn Plugin>>,
+}
+
 fn compile_route(
     r: &RouteConf,
     path: &str,
-    service: Option<(usize, &ServiceConf, &RoutePlugins)>,
+    service: Option<&Service>,
     index: usize,
 ) -> Result<(Route, RouteEntry), ConfigError> {
     let err = |f: &str, m: String| ConfigError::new(format!("{path}{f}"), m);
@@ -159,7 +167,7 @@ fn compile_route(
         (Some(h), None) => vec![h.clone()],
         (None, Some(h)) => h.clone(),
         (None, None) => service
-            .and_then(|(_, s, _)| s.hosts.clone())
+            .and_then(|s| s.conf.hosts.clone())
             .unwrap_or_default(),
         _ => return Err(err("", "give only one of host and hosts".into())),
     };
@@ -179,17 +187,30 @@ fn compile_route(
         None => None,
     };
     let service_path = service
-        .map(|(j, _, _)| format!("services[{j}]"))
+        .map(|s| format!("services[{}]", s.index))
         .unwrap_or_default();
-    let own = RoutePlugins::compile(r.plugins.as_ref(), path)?;
-    let plugins = match service {
-        Some((_, _, shared)) => own.over(shared, path)?,
-        None => own.over(&RoutePlugins::default(), path)?,
-    };
-    let upstream = match (
-        &r.upstream,
-        service.and_then(|(_, s, _)| s.upstream.as_ref()),
-    ) {
+    let own = plugins::compile(r.plugins.as_ref(), path)?;
+    let chain = Chain::new(Chain::merge(
+        service.map(|s| s.plugins.as_slice()).unwrap_or(&[]),
+        &own,
+    ));
+    let serving: Vec<&str> = chain
+        .plugins()
+        .iter()
+        .filter(|p| p.serves_request())
+        .map(|p| p.name())
+        .collect();
+    if serving.len() > 1 {
+        return Err(err(
+            ".plugins",
+            format!(
+                "{} {} apply to this route; use one of them",
+                serving.join(" and "),
+                if serving.len() == 2 { "both" } else { "all" }
+            ),
+        ));
+    }
+    let upstream = match (&r.upstream, service.and_then(|s| s.conf.upstream.as_ref())) {
         (Some(u), _) => Some(Arc::new(Upstream::build(u, &format!("{path}.upstream"))?)),
         (None, Some(u)) => Some(Arc::new(Upstream::build(
             u,
@@ -197,13 +218,13 @@ fn compile_route(
         )?)),
         (None, None) => None,
     };
-    if !plugins.is_ai() && upstream.is_none() {
+    if !chain.serves_request() && upstream.is_none() {
         return Err(err(
             "",
             "route has nothing to proxy to: add ai-proxy, ai-proxy-multi or an upstream".into(),
         ));
     }
-    if plugins.ai_proxy.as_ref().is_some_and(|p| p.passthrough) && upstream.is_none() {
+    if chain.plugins().iter().any(|p| p.needs_route_upstream()) && upstream.is_none() {
         return Err(err(
             ".upstream",
             "ai-proxy passthrough needs the route's upstream to send the answer to".into(),
@@ -221,7 +242,7 @@ fn compile_route(
     Ok((
         Route {
             id: r.id.to_string(),
-            plugins,
+            chain: Arc::new(chain),
             upstream,
         },
         entry,
