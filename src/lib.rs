@@ -9,6 +9,7 @@
 //! - `llm`: the wire formats: request body rewrite, SSE and JSON usage taps.
 //! - `proxy`: the Pingora `ProxyHttp` glue, thin hooks over the modules above.
 //! - `downstream`: the client side: connection cap, header deadline and size, keep-alive.
+//! - `quota`: token quotas in time windows, kept locally or in Redis.
 //! - `balancer`: load-balancing algorithms.
 //! - `net`: endpoints, DNS, peers, the gateway's own outbound client.
 //! - `observability`: access log, request ids.
@@ -26,5 +27,6 @@ pub mod observability;
 pub mod plugins;
 pub mod providers;
 pub mod proxy;
+pub mod quota;
 pub mod router;
 pub mod store;

@@ -14,6 +14,7 @@ use pingora_http::RequestHeader;
 use super::ai_proxy::AiProxy;
 use super::ai_proxy_multi::AiProxyMulti;
 use super::chain::Chain;
+use super::consumer::Consumer;
 use crate::llm::json_tap::JsonTap;
 use crate::llm::request::LlmRequest;
 use crate::llm::sse::SseTap;
@@ -26,6 +27,8 @@ use crate::router::RequestView;
 pub struct PluginCtx {
     /// The chain that runs for this request: the route's (and its service's) plugins.
     pub chain: Option<Arc<Chain>>,
+    /// Who the request comes from, once an authentication plugin identified it.
+    pub consumer: Option<Arc<Consumer>>,
     pub request_type: RequestType,
     /// The LLM call, when an ai-proxy plugin serves the route.
     pub llm: Option<Box<LlmCall>>,

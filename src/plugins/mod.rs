@@ -9,6 +9,7 @@
 pub mod ai_proxy;
 pub mod ai_proxy_multi;
 pub mod chain;
+pub mod consumer;
 pub mod ctx;
 pub mod registry;
 
