@@ -19,7 +19,7 @@ use crate::providers::instance::{InstanceSpec, LlmInstance};
 pub const REGISTRATION: Registration = Registration {
     name: "ai-proxy",
     priority: 999,
-    build: |conf, path| {
+    build: |conf, path, _owner| {
         let conf: AiProxyConf = registry::parse(conf, path)?;
         Ok(Arc::new(Arc::new(AiProxy::build(&conf, path)?)))
     },

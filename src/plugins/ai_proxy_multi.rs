@@ -29,7 +29,7 @@ use crate::router::RequestView;
 pub const REGISTRATION: Registration = Registration {
     name: "ai-proxy-multi",
     priority: 998,
-    build: |conf, path| {
+    build: |conf, path, _owner| {
         let conf: AiProxyMultiConf = registry::parse(conf, path)?;
         Ok(Arc::new(Arc::new(AiProxyMulti::build(&conf, path)?)))
     },

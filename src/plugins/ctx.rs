@@ -27,6 +27,8 @@ use crate::router::RequestView;
 pub struct PluginCtx {
     /// The chain that runs for this request: the route's (and its service's) plugins.
     pub chain: Option<Arc<Chain>>,
+    /// The matched route's id (counters on a route or service are per route).
+    pub route_id: Option<Arc<str>>,
     /// Who the request comes from, once an authentication plugin identified it.
     pub consumer: Option<Arc<Consumer>>,
     pub request_type: RequestType,

@@ -20,6 +20,7 @@ use pingora_http::ResponseHeader;
 
 pub use chain::Chain;
 pub use ctx::{PluginCtx, PluginRequest};
+pub use registry::Owner;
 
 use crate::balancer::health::ActiveProbe;
 use crate::config::ConfigError;
@@ -89,10 +90,12 @@ pub trait Plugin: Send + Sync + 'static {
 
 pub use crate::config::schema::PluginsConf;
 
-/// Compile one object's `plugins` (a route's or a service's); `path` is that object's path.
+/// Compile one object's `plugins` (a route's, a service's or a consumer's); `path` is that
+/// object's path.
 pub fn compile(
     conf: Option<&PluginsConf>,
     path: &str,
+    owner: &Owner,
 ) -> Result<Vec<Arc<dyn Plugin>>, ConfigError> {
     let mut out = Vec::new();
     for (name, value) in conf.into_iter().flatten() {
@@ -100,6 +103,7 @@ pub fn compile(
             name,
             value,
             &format!("{path}.plugins.{name}"),
+            owner,
         )?);
     }
     Ok(out)

@@ -11,8 +11,18 @@ use serde::de::DeserializeOwned;
 use super::{ai_proxy, ai_proxy_multi, Plugin};
 use crate::config::ConfigError;
 
-/// Builds a plugin from its config; `path` is the config path of the plugin's object.
-pub type Build = fn(&serde_yaml::Value, &str) -> Result<Arc<dyn Plugin>, ConfigError>;
+/// Builds a plugin from its config; `path` is the config path of the plugin's object, `owner`
+/// the object whose `plugins` it is in.
+pub type Build = fn(&serde_yaml::Value, &str, &Owner) -> Result<Arc<dyn Plugin>, ConfigError>;
+
+/// Whose `plugins` a plugin was configured in: what its per-request state is scoped to (a quota
+/// on a consumer is that consumer's own; one on a route or service is counted per route).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    Route(String),
+    Service(String),
+    Consumer(String),
+}
 
 pub struct Registration {
     pub name: &'static str,
@@ -38,6 +48,7 @@ pub fn build(
     name: &str,
     conf: &serde_yaml::Value,
     path: &str,
+    owner: &Owner,
 ) -> Result<Arc<dyn Plugin>, ConfigError> {
     let Some(reg) = find(name) else {
         let known: Vec<&str> = names().collect();
@@ -46,7 +57,7 @@ pub fn build(
             format!("unknown plugin {name:?} (aigate has: {})", known.join(", ")),
         ));
     };
-    (reg.build)(conf, path)
+    (reg.build)(conf, path, owner)
 }
 
 /// A plugin's typed config from its YAML/JSON value, with the failing field's full path.

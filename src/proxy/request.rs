@@ -56,6 +56,7 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
 
     let chain = route.chain.clone();
     ctx.plugins.chain = Some(chain.clone());
+    ctx.plugins.route_id = Some(route.id.clone());
     let (client_ip, server_port) = addrs(session);
 
     // Authentication first: a client that may not use the route gets its 401 before the gateway

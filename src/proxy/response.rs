@@ -141,7 +141,7 @@ pub fn on_body(
                     Err(m) => {
                         log::warn!(
                             "route {}: {m}",
-                            ctx.route.as_ref().map(|r| r.id.as_str()).unwrap_or("-")
+                            ctx.route.as_ref().map(|r| &*r.id).unwrap_or("-")
                         );
                         *body = Some(std::mem::take(buf).freeze());
                     }

@@ -18,7 +18,7 @@ use crate::router::{vars::Expr, RouteEntry, Router};
 use upstream::Upstream;
 
 pub struct Route {
-    pub id: String,
+    pub id: Arc<str>,
     /// The route's plugins over its service's, in the order they run.
     pub chain: Arc<Chain>,
     pub upstream: Option<Arc<Upstream>>,
@@ -51,8 +51,9 @@ impl Snapshot {
         let mut services: HashMap<String, Service> = HashMap::new();
         for (index, conf) in file.services.iter().enumerate() {
             let path = format!("services[{index}]");
-            let plugins = plugins::compile(conf.plugins.as_ref(), &path)?;
             let id = conf.id.to_string();
+            let owner = plugins::Owner::Service(id.clone());
+            let plugins = plugins::compile(conf.plugins.as_ref(), &path, &owner)?;
             let service = Service {
                 index,
                 conf,
@@ -189,7 +190,11 @@ fn compile_route(
     let service_path = service
         .map(|s| format!("services[{}]", s.index))
         .unwrap_or_default();
-    let own = plugins::compile(r.plugins.as_ref(), path)?;
+    let own = plugins::compile(
+        r.plugins.as_ref(),
+        path,
+        &plugins::Owner::Route(r.id.to_string()),
+    )?;
     let chain = Chain::new(Chain::merge(
         service.map(|s| s.plugins.as_slice()).unwrap_or(&[]),
         &own,
@@ -241,7 +246,7 @@ fn compile_route(
     };
     Ok((
         Route {
-            id: r.id.to_string(),
+            id: r.id.to_string().into(),
             chain: Arc::new(chain),
             upstream,
         },
