@@ -105,6 +105,7 @@ impl Req {
 
     fn view_body<'a>(&'a self, body: Option<&'a dyn PostArgs>) -> RequestView<'a> {
         RequestView {
+            consumer: None,
             method: self.method,
             path: self.path,
             query: self.query,

@@ -22,6 +22,48 @@ pub struct FileConfig {
     pub routes: Vec<RouteConf>,
     #[serde(default)]
     pub services: Vec<ServiceConf>,
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConf>,
+}
+
+/// An APISIX consumer: who requests come from once an authentication plugin identified them.
+/// Its `plugins` apply to its requests (over the route's); an authentication plugin's entry in
+/// them (`key-auth: {key}`) is one of its credentials, as is each of `credentials`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConf {
+    pub username: String,
+    #[serde(default)]
+    pub desc: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub plugins: Option<PluginsConf>,
+    /// APISIX's credentials (`/consumers/{username}/credentials/{id}`), inline.
+    #[serde(default)]
+    pub credentials: Option<Vec<CredentialConf>>,
+    #[serde(default)]
+    pub create_time: Option<i64>,
+    #[serde(default)]
+    pub update_time: Option<i64>,
+}
+
+/// One credential of a consumer: an authentication plugin's config (`key-auth: {key}`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConf {
+    pub id: Id,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub desc: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    pub plugins: PluginsConf,
+    #[serde(default)]
+    pub create_time: Option<i64>,
+    #[serde(default)]
+    pub update_time: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

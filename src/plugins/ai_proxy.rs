@@ -23,6 +23,7 @@ pub const REGISTRATION: Registration = Registration {
         let conf: AiProxyConf = registry::parse(conf, path)?;
         Ok(Arc::new(Arc::new(AiProxy::build(&conf, path)?)))
     },
+    credential: None,
 };
 
 pub struct AiProxy {

@@ -33,6 +33,7 @@ pub const REGISTRATION: Registration = Registration {
         let conf: AiProxyMultiConf = registry::parse(conf, path)?;
         Ok(Arc::new(Arc::new(AiProxyMulti::build(&conf, path)?)))
     },
+    credential: None,
 };
 
 pub struct MultiInstance {
@@ -53,7 +54,7 @@ impl MultiInstance {
 enum HashOn {
     /// `vars`, `header`, `cookie`: one request variable.
     Var(Variable),
-    /// `consumer`: the authenticated consumer (until consumers exist: the client address).
+    /// `consumer`: the authenticated consumer (no consumer: the client address, as APISIX).
     Consumer,
     /// `vars_combinations`: a template like `$remote_addr-$http_x_user`.
     Combination(Vec<Piece>),
@@ -262,7 +263,7 @@ impl AiProxyMulti {
         let hash_on = self.hash_on.as_ref()?;
         let key = match hash_on {
             HashOn::Var(v) => v.read_string(req),
-            HashOn::Consumer => None,
+            HashOn::Consumer => req.consumer.map(str::to_string),
             HashOn::Combination(pieces) => {
                 let mut s = String::new();
                 for p in pieces {
@@ -438,7 +439,9 @@ impl Plugin for Arc<AiProxyMulti> {
         ctx: &mut PluginCtx,
     ) -> Result<(), Rejection> {
         if let Some(body) = req.body.take() {
-            let key = self.hash_key(&req.view());
+            let mut view = req.view();
+            view.consumer = ctx.consumer.as_ref().map(|c| c.username.as_str());
+            let key = self.hash_key(&view);
             let call = LlmCall::new(
                 LlmPlugin::Multi(self.clone()),
                 body,

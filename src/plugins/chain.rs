@@ -39,6 +39,19 @@ impl Chain {
         out
     }
 
+    /// This chain with a consumer's plugins over it (APISIX: consumer over route over service).
+    /// A consumer that brings its own LLM plugin replaces the route's, whatever its name.
+    pub fn with_consumer(&self, consumer: &[Arc<dyn Plugin>]) -> Chain {
+        let replaces_llm = consumer.iter().any(|p| p.serves_request());
+        let base: Vec<Arc<dyn Plugin>> = self
+            .plugins
+            .iter()
+            .filter(|p| !(replaces_llm && p.serves_request()))
+            .cloned()
+            .collect();
+        Chain::new(Chain::merge(&base, consumer))
+    }
+
     pub fn plugins(&self) -> &[Arc<dyn Plugin>] {
         &self.plugins
     }

@@ -14,7 +14,7 @@ use pingora_http::RequestHeader;
 use super::ai_proxy::AiProxy;
 use super::ai_proxy_multi::AiProxyMulti;
 use super::chain::Chain;
-use super::consumer::Consumer;
+use super::consumer::{Consumer, Consumers};
 use crate::llm::json_tap::JsonTap;
 use crate::llm::request::LlmRequest;
 use crate::llm::sse::SseTap;
@@ -45,6 +45,10 @@ pub struct PluginRequest<'a> {
     pub server_port: u16,
     /// The parsed JSON body, when the chain needs it (an ai-proxy plugin takes it).
     pub body: Option<LlmRequest>,
+    /// The config's consumers (authentication plugins look keys up here).
+    pub consumers: &'a Consumers,
+    /// The request goes to an LLM provider (a third party), not to the route's own upstream.
+    pub to_provider: bool,
 }
 
 impl PluginRequest<'_> {

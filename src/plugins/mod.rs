@@ -11,6 +11,7 @@ pub mod ai_proxy_multi;
 pub mod chain;
 pub mod consumer;
 pub mod ctx;
+pub mod key_auth;
 pub mod registry;
 
 use std::sync::Arc;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use super::{ai_proxy, ai_proxy_multi, Plugin};
+use super::consumer::Credential;
+use super::{ai_proxy, ai_proxy_multi, key_auth, Plugin};
 use crate::config::ConfigError;
 
 /// Builds a plugin from its config; `path` is the config path of the plugin's object, `owner`
@@ -29,9 +30,19 @@ pub struct Registration {
     /// APISIX's priority: higher runs first.
     pub priority: i32,
     pub build: Build,
+    /// Authentication plugins: what their entry in a consumer's `plugins` (or credential) is,
+    /// a credential rather than a plugin to run.
+    pub credential: Option<CredentialParse>,
 }
 
-const PLUGINS: &[&Registration] = &[&ai_proxy::REGISTRATION, &ai_proxy_multi::REGISTRATION];
+/// Parses an authentication plugin's consumer-side config (`key-auth: {key}`).
+pub type CredentialParse = fn(&serde_yaml::Value, &str) -> Result<Credential, ConfigError>;
+
+const PLUGINS: &[&Registration] = &[
+    &key_auth::REGISTRATION,
+    &ai_proxy::REGISTRATION,
+    &ai_proxy_multi::REGISTRATION,
+];
 
 pub fn find(name: &str) -> Option<&'static Registration> {
     PLUGINS.iter().copied().find(|r| r.name == name)

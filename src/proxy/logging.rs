@@ -88,7 +88,11 @@ impl LogSource for LogView<'_> {
                     let _ = write!(out, "{}", a.ip());
                 }
             }
-            Var::RemoteUser => {}
+            Var::RemoteUser | Var::ConsumerName => {
+                if let Some(c) = &ctx.plugins.consumer {
+                    out.push_str(&c.username);
+                }
+            }
             Var::TimeLocal => {
                 let t: chrono::DateTime<chrono::Local> = ctx.started_wall.into();
                 let _ = write!(out, "{}", t.format("%d/%b/%Y:%H:%M:%S %z"));
@@ -168,7 +172,6 @@ impl LogSource for LogView<'_> {
                     out.push_str(&r.id);
                 }
             }
-            Var::ConsumerName => {}
             Var::RequestId => out.push_str(&ctx.request_id),
             Var::RequestType => out.push_str(ctx.plugins.request_type.as_str()),
             Var::LlmTimeToFirstToken => {

@@ -3,6 +3,7 @@
 //! upstream.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
@@ -61,17 +62,34 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
 
     // Authentication first: a client that may not use the route gets its 401 before the gateway
     // reads (and holds) its body.
+    let to_provider = chain.serves_request();
     {
         let mut req = PluginRequest {
             header: session.req_header_mut(),
             client_ip,
             server_port,
             body: None,
+            consumers: &snapshot.consumers,
+            to_provider,
         };
         if let Err(r) = chain.rewrite(&mut req, &mut ctx.plugins).await {
             return Verdict::Reject(r);
         }
     }
+    // The consumer's own plugins apply to its requests, over the route's of the same name.
+    let chain = match ctx
+        .plugins
+        .consumer
+        .as_ref()
+        .filter(|c| !c.plugins.is_empty())
+    {
+        Some(c) => {
+            let merged = Arc::new(chain.with_consumer(&c.plugins));
+            ctx.plugins.chain = Some(merged.clone());
+            merged
+        }
+        None => chain,
+    };
 
     let request = if chain.needs_body() {
         match llm_body(session, gw, ctx, body, parsed).await {
@@ -100,6 +118,8 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
             client_ip,
             server_port,
             body: request,
+            consumers: &snapshot.consumers,
+            to_provider,
         };
         if let Err(r) = chain.access(&mut req, &mut ctx.plugins).await {
             return Verdict::Reject(r);

@@ -80,6 +80,8 @@ pub struct RequestView<'a> {
     pub server_port: u16,
     /// `None` when the body has not been read.
     pub body: Option<&'a dyn vars::PostArgs>,
+    /// The authenticated consumer's name (never while routes are matched).
+    pub consumer: Option<&'a str>,
 }
 
 impl<'a> RequestView<'a> {
@@ -105,6 +107,7 @@ impl<'a> RequestView<'a> {
             scheme: "http",
             server_port,
             body,
+            consumer: None,
         }
     }
 }

@@ -106,6 +106,7 @@ impl Req {
     }
     fn view(&self) -> RequestView<'_> {
         RequestView {
+            consumer: None,
             method: &self.method,
             path: &self.path,
             query: self.query.as_deref(),
@@ -1519,6 +1520,7 @@ fn llm(body: &str) -> LlmRequest {
 
 fn view_of<'a>(q: &'a Req, body: &'a dyn PostArgs) -> RequestView<'a> {
     RequestView {
+        consumer: None,
         body: Some(body),
         ..q.view()
     }

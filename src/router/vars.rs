@@ -163,6 +163,9 @@ enum Var {
     RemoteAddr,
     QueryString,
     ContentType,
+    /// The authenticated consumer (`$consumer_name`, `$remote_user`): unset while routes are
+    /// matched (authentication runs after), set for plugins that read variables.
+    ConsumerName,
     /// Query parameter name (case-sensitive, compared after percent-decoding).
     Arg(Box<str>),
     Http(HeaderName),
@@ -482,6 +485,7 @@ fn parse_var(name: &str) -> Result<Var, String> {
         "remote_addr" => Some(Var::RemoteAddr),
         "query_string" | "args" => Some(Var::QueryString),
         "content_type" => Some(Var::ContentType),
+        "consumer_name" | "remote_user" => Some(Var::ConsumerName),
         _ => None,
     };
     if let Some(v) = fixed {
@@ -1186,6 +1190,7 @@ impl Var {
             }
             Var::QueryString => s(req.query?),
             Var::ContentType => header(req.headers, &CONTENT_TYPE),
+            Var::ConsumerName => s(req.consumer?),
             Var::Arg(name) => query_arg(req.query?, name),
             Var::Http(name) => {
                 let v = header(req.headers, name);

@@ -4,6 +4,7 @@
 //! and published through an `ArcSwap`. Each request loads the current snapshot once and uses it
 //! to the end, so a config change never affects a request half-way through.
 
+pub mod consumers;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::schema::{FileConfig, RouteConf, ServiceConf};
 use crate::config::ConfigError;
+use crate::plugins::consumer::Consumers;
 use crate::plugins::{self, Chain, Plugin};
 use crate::router::{vars::Expr, RouteEntry, Router};
 use upstream::Upstream;
@@ -26,6 +28,7 @@ pub struct Route {
 
 pub struct Snapshot {
     pub routes: Vec<Arc<Route>>,
+    pub consumers: Consumers,
     pub router: Router,
     /// Every active health probe of this config (run by the health-check service).
     pub probes: Vec<Arc<crate::balancer::health::ActiveProbe>>,
@@ -38,10 +41,13 @@ const METHODS: &[&str] = &[
 impl Snapshot {
     /// Every credential value configured (auth headers and query parameters), for log scrubbing.
     pub fn credentials(&self) -> Vec<String> {
+        let consumer_plugins = self.consumers.by_name.values().flat_map(|c| &c.plugins);
         self.routes
             .iter()
             .flat_map(|r| r.chain.plugins())
+            .chain(consumer_plugins)
             .flat_map(|p| p.credentials())
+            .chain(self.consumers.secrets().map(str::to_string))
             .collect()
     }
 
@@ -96,7 +102,13 @@ impl Snapshot {
         let router = Router::new(entries).map_err(|m| ConfigError::new("routes", m))?;
         // A service's plugins are shared by its routes: collect each probe once.
         let mut probes: Vec<Arc<crate::balancer::health::ActiveProbe>> = Vec::new();
-        for p in routes.iter().flat_map(|r| r.chain.plugins()) {
+        let consumers = consumers::compile(&file.consumers)?;
+        let consumer_plugins = consumers.by_name.values().flat_map(|c| c.plugins.iter());
+        for p in routes
+            .iter()
+            .flat_map(|r| r.chain.plugins())
+            .chain(consumer_plugins)
+        {
             for probe in p.probes() {
                 if !probes.iter().any(|q| Arc::ptr_eq(q, &probe)) {
                     probes.push(probe);
@@ -105,6 +117,7 @@ impl Snapshot {
         }
         Ok(Snapshot {
             routes,
+            consumers,
             router,
             probes,
         })

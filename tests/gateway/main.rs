@@ -9,6 +9,7 @@ mod ai_proxy;
 mod bodies;
 mod body_memory;
 mod config_check;
+mod consumers;
 mod credentials;
 mod dns;
 mod dns_server;
