@@ -27,7 +27,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -484,6 +484,8 @@ struct Inner {
     probing: AtomicBool,
 }
 
+// One per store, built once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Clients {
     Single(Client),
     Cluster(ClusterClient),
@@ -872,7 +874,11 @@ fn issue_then_spawn(task: impl Future<Output = ()> + Send + 'static) {
         return;
     };
     let mut task = Box::pin(tokio::task::unconstrained(task));
-    if let Poll::Pending = task.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+    if task
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+        .is_pending()
+    {
         rt.spawn(task);
     }
 }
