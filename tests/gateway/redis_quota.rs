@@ -475,3 +475,42 @@ async fn a_redis_cluster_is_one_quota_across_nodes_and_slots() {
         assert_eq!(cluster.nodes[i].counter(&windowed), 110, "node {i}");
     }
 }
+
+#[tokio::test]
+async fn redis_ssl_verifies_the_server_against_the_ca_unless_told_not_to() {
+    let pki = crate::tls::Pki::new();
+    let (cert, key) = pki.leaf("redis", &["127.0.0.1", "localhost"]);
+    let redis = RedisServer::start_tls(&cert, &key);
+    let ca = std::fs::read(&pki.ca_file).unwrap();
+    let l = limit(10, LONG);
+    let tls_store = |verify: Option<bool>, ca: Option<Vec<u8>>| {
+        let mut s = settings(redis.port, |f| {
+            f.redis_ssl = Some(true);
+            f.redis_ssl_verify = verify;
+        });
+        s.tls.as_mut().unwrap().root_ca_pem = ca;
+        RedisStore::new(s).unwrap()
+    };
+
+    // Trusted through the CA (as `server.ca_file` would give it), names checked.
+    let key = unique_key("tls");
+    let (q, _) = admitted(tls_store(None, Some(ca)).reserve(&key, l, 4).await.unwrap());
+    assert_eq!(q.remaining, 6);
+    // Verified by default, and the platform's roots do not know this CA: refused, in time.
+    let started = Instant::now();
+    let e = tls_store(None, None).reserve(&key, l, 1).await.unwrap_err();
+    assert!(started.elapsed() < bound());
+    assert!(e.0.to_ascii_lowercase().contains("certificate"), "{e}");
+    // redis_ssl_verify: false accepts it.
+    let (q, _) = admitted(
+        tls_store(Some(false), None)
+            .reserve(&key, l, 1)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(q.remaining, 5);
+    // Plain RESP to a TLS port gets no answer it can use: an error within the bound.
+    let started = Instant::now();
+    store(redis.port).reserve(&key, l, 1).await.unwrap_err();
+    assert!(started.elapsed() < bound());
+}

@@ -25,6 +25,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     args: Vec<String>,
+    /// Serves TLS only (`--port 0 --tls-port PORT`).
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -35,6 +37,18 @@ impl RedisServer {
 
     /// With extra `redis-server` arguments (`["--requirepass", "pw"]`).
     pub fn start_with(args: &[&str]) -> RedisServer {
+        Self::launch(args, false)
+    }
+
+    /// Serving TLS only on `port`, with this certificate and key (PEM files); clients need no
+    /// certificate of their own.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> RedisServer {
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let args = ["--tls-cert-file", cert, "--tls-key-file", key];
+        Self::launch(&[&args[..], &["--tls-auth-clients", "no"]].concat(), true)
+    }
+
+    fn launch(args: &[&str], tls: bool) -> RedisServer {
         let dir = scratch_dir();
         // A free port can be taken by another test before redis-server binds it: try another.
         for _ in 0..5 {
@@ -42,6 +56,7 @@ impl RedisServer {
                 port: free_port(),
                 dir: dir.clone(),
                 args: args.iter().map(|a| a.to_string()).collect(),
+                tls,
                 child: None,
             };
             if server.spawn() {
@@ -55,8 +70,13 @@ impl RedisServer {
     fn spawn(&mut self) -> bool {
         let port = self.port.to_string();
         let logfile = self.dir.join(format!("redis-{port}.log"));
+        let ports = match self.tls {
+            false => ["--port", &port, "--tls-port", "0"],
+            true => ["--port", "0", "--tls-port", &port],
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(ports)
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -76,7 +96,12 @@ impl RedisServer {
                 self.child = None;
                 return false;
             }
-            if answers(self.port) {
+            // A TLS server is ready when it listens (the PING check speaks plain RESP).
+            let ready = match self.tls {
+                false => answers(self.port),
+                true => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            };
+            if ready {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
