@@ -24,9 +24,10 @@
 //! a call that gave up. Errors never carry the password.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
@@ -139,7 +140,7 @@ impl std::fmt::Display for FieldError {
 }
 
 /// Where the counters are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RedisNodes {
     Single {
         host: String,
@@ -152,7 +153,7 @@ pub enum RedisNodes {
 }
 
 /// Validated settings of a Redis quota store.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RedisSettings {
     pub nodes: RedisNodes,
     pub username: Option<String>,
@@ -167,7 +168,7 @@ pub struct RedisSettings {
     pub allow_degradation: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RedisTls {
     /// Check the server's certificate and name (`redis_ssl_verify`).
     pub verify: bool,
@@ -526,8 +527,27 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// The stores alive, by their settings (see `RedisStore::shared`).
+static SHARED: LazyLock<Mutex<HashMap<RedisSettings, Weak<Inner>>>> =
+    LazyLock::new(Default::default);
+
 impl RedisStore {
-    /// Build the store; nothing connects until the first call, so a Redis that is down when the
+    /// The store for these settings: the one already in use by another plugin config with the
+    /// same settings, or a new one. Every route and consumer quota on one Redis then shares one
+    /// connection (and one view of whether Redis is up, so an outage is logged once), instead of
+    /// a connection per config object. A store lives as long as a config uses it.
+    pub fn shared(settings: RedisSettings) -> Result<RedisStore, String> {
+        let mut stores = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        stores.retain(|_, store| store.strong_count() > 0);
+        if let Some(inner) = stores.get(&settings).and_then(Weak::upgrade) {
+            return Ok(RedisStore { inner });
+        }
+        let store = RedisStore::new(settings.clone())?;
+        stores.insert(settings, Arc::downgrade(&store.inner));
+        Ok(store)
+    }
+
+    /// Build a store of its own (see `shared`); nothing connects until the first call, so a Redis that is down when the
     /// config is loaded does not stop the gateway. Fails only on TLS material that cannot be
     /// used (the message names no secret).
     pub fn new(settings: RedisSettings) -> Result<RedisStore, String> {

@@ -514,3 +514,42 @@ async fn redis_ssl_verifies_the_server_against_the_ca_unless_told_not_to() {
     store(redis.port).reserve(&key, l, 1).await.unwrap_err();
     assert!(started.elapsed() < bound());
 }
+
+/// The connections Redis has from clients other than the one asking.
+fn client_connections(redis: &RedisServer) -> usize {
+    let list: String = redis.command(&["CLIENT", "LIST"]);
+    list.lines().count() - 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_per_store_and_one_store_per_settings() {
+    let redis = RedisServer::start();
+    let l = limit(1_000_000, LONG);
+    // Many requests, concurrent and sequential, over one multiplexed connection.
+    let first = RedisStore::shared(settings(redis.port, |_| {})).unwrap();
+    let calls = (0..100).map(|i| first.reserve(if i % 2 == 0 { "a" } else { "b" }, l, 1));
+    for r in futures::future::join_all(calls).await {
+        admitted(r.unwrap());
+    }
+    for _ in 0..20 {
+        first.spent("a", l).await.unwrap();
+    }
+    assert_eq!(client_connections(&redis), 1);
+    // Another config with the same settings gets the same store; other settings another one.
+    let same = RedisStore::shared(settings(redis.port, |_| {})).unwrap();
+    admitted(same.reserve("a", l, 1).await.unwrap());
+    assert_eq!(client_connections(&redis), 1);
+    let other = RedisStore::shared(settings(redis.port, |f| f.redis_timeout = Some(999))).unwrap();
+    admitted(other.reserve("a", l, 1).await.unwrap());
+    assert_eq!(client_connections(&redis), 2);
+    // Once no config uses a store, the next one starts afresh.
+    drop((first, same, other));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client_connections(&redis) > 0 {
+        assert!(Instant::now() < deadline, "connections left open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = RedisStore::shared(settings(redis.port, |_| {})).unwrap();
+    admitted(again.reserve("a", l, 1).await.unwrap());
+    assert_eq!(client_connections(&redis), 1);
+}
