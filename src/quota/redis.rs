@@ -547,9 +547,9 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// Build a store of its own (see `shared`); nothing connects until the first call, so a Redis that is down when the
-    /// config is loaded does not stop the gateway. Fails only on TLS material that cannot be
-    /// used (the message names no secret).
+    /// Build a store of its own (see `shared`). Nothing connects until the first call, so a
+    /// Redis that is down when the config is loaded does not stop the gateway. Fails only on TLS
+    /// material that cannot be used (the message names no secret).
     pub fn new(settings: RedisSettings) -> Result<RedisStore, String> {
         let label = settings.label();
         let scrub = |e: redis::RedisError| scrub(&e.to_string(), settings.password.as_deref());
