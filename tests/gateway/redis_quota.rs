@@ -103,8 +103,10 @@ async fn two_nodes_on_one_redis_share_one_quota_exactly() {
         q.reset
     );
 
-    // A settles its first request at 5 tokens: B sees the room it made, at once.
+    // A settles its first request at 5 tokens: B sees the room it made once A's connection
+    // has delivered it (A's next call, queued after the settle, has been answered).
     a.settle(t1, 5);
+    assert!(!a.spent(&key, l).await.unwrap());
     let (q, _) = admitted(b.reserve(&key, l, 10).await.unwrap());
     assert_eq!(q.remaining, 5);
     assert_eq!(redis.counter(&redis_key), 95);
@@ -464,9 +466,13 @@ async fn a_redis_cluster_is_one_quota_across_nodes_and_slots() {
         assert_eq!(q.remaining, 40);
         let (q, _) = admitted(b.reserve(key, l, 30).await.unwrap());
         assert_eq!(q.remaining, 10);
+        // The settle is queued before the next call on the same store, so that call sees it
+        // (across stores, only once it has been processed: B asks after A's answer).
         a.settle(t, 20);
-        let (q, _) = admitted(b.reserve(key, l, 0).await.unwrap());
+        let (q, _) = admitted(a.reserve(key, l, 0).await.unwrap());
         assert_eq!(q.remaining, 50, "the settle was seen");
+        let (q, _) = admitted(b.reserve(key, l, 0).await.unwrap());
+        assert_eq!(q.remaining, 50);
         assert!(!a.spent(key, l).await.unwrap());
         admitted(b.reserve(key, l, 60).await.unwrap());
         assert!(a.spent(key, l).await.unwrap());
