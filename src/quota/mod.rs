@@ -6,6 +6,9 @@
 //! `QuotaStore` is the contract every place a counter can live implements: in the process
 //! (`local`, on pingora-limits) or shared by several gateway nodes (`redis`).
 
+pub mod degrade;
+pub mod redis;
+
 use std::sync::Arc;
 use std::time::Duration;
 

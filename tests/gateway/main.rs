@@ -19,6 +19,8 @@ mod multi;
 mod passthrough;
 mod providers;
 mod readme_examples;
+mod redis_quota;
+mod redis_server;
 mod routing;
 mod streaming;
 mod tls;

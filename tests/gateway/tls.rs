@@ -19,16 +19,16 @@ const KEY: &str = "sk-tls-test-secret-0123456789";
 const GCP_KEY: &str = include_str!("../fixtures/gcp-test-key.pkcs8.pem");
 
 // ---------------------------------------------------------------------------------------------
-// A private CA, made per test in its scratch dir
+// A private CA, made per test in its scratch dir (the Redis TLS tests use it too)
 
-struct Pki {
+pub struct Pki {
     dir: PathBuf,
-    ca_file: PathBuf,
+    pub ca_file: PathBuf,
     issuer: Issuer<'static, KeyPair>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub fn new() -> Pki {
         let dir = scratch_dir();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -49,7 +49,7 @@ impl Pki {
 
     /// A server certificate for `names` (IP addresses become IP SANs), signed by the CA; returns
     /// the certificate and key files.
-    fn leaf(&self, tag: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    pub fn leaf(&self, tag: &str, names: &[&str]) -> (PathBuf, PathBuf) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names.clone()).unwrap();
         params
