@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use super::{ai_proxy, ai_proxy_multi, Plugin};
+use super::{ai_proxy, ai_proxy_multi, ai_rate_limiting, Plugin};
 use crate::config::ConfigError;
 
 /// Builds a plugin from its config; `path` is the config path of the plugin's object, `owner`
@@ -31,7 +31,11 @@ pub struct Registration {
     pub build: Build,
 }
 
-const PLUGINS: &[&Registration] = &[&ai_proxy::REGISTRATION, &ai_proxy_multi::REGISTRATION];
+const PLUGINS: &[&Registration] = &[
+    &ai_proxy::REGISTRATION,
+    &ai_proxy_multi::REGISTRATION,
+    &ai_rate_limiting::REGISTRATION,
+];
 
 pub fn find(name: &str) -> Option<&'static Registration> {
     PLUGINS.iter().copied().find(|r| r.name == name)
