@@ -1214,6 +1214,91 @@ mod tests {
         assert!(Template::parse("$ and text").is_err(), "no variable");
     }
 
+    /// A request through the plugin's phases by hand, with an ai-proxy call on route `route`.
+    fn call_ctx(route: &str, body: &str) -> PluginCtx {
+        use super::super::ai_proxy::AiProxy;
+        use super::super::ctx::LlmPlugin;
+        let v: serde_yaml::Value = serde_yaml::from_str(
+            "{provider: openai-compatible, auth: {header: {Authorization: k}}, override: {endpoint: 'http://127.0.0.1:9/v1/chat/completions'}}",
+        )
+        .unwrap();
+        let proxy = Arc::new(AiProxy::build(&registry::parse(&v, "p").unwrap(), "p").unwrap());
+        let request = LlmRequest::parse(bytes::Bytes::from(body.to_string())).unwrap();
+        let call = LlmCall::new(
+            LlmPlugin::Single(proxy.clone()),
+            request,
+            proxy.instance.clone(),
+            Vec::new(),
+            None,
+        );
+        PluginCtx {
+            route_id: Some(route.into()),
+            llm: Some(Box::new(call)),
+            quota: Some(Box::new(RequestQuota {
+                scope: format!("{KEY_ROOT}/route/{route}").into(),
+                rule_keys: Vec::new(),
+                held: Vec::new(),
+                skipped: Vec::new(),
+                written: Vec::new(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_real_cost_replaces_the_reservation_when_the_answer_ends_not_later() {
+        // The gateway runs answer_end in its body filter, before the answer's last byte is
+        // written; this is what makes the next request see the real cost. (log, after the
+        // response, only settles what is still held.)
+        let route = "answer-end-unit";
+        let p = build("{limit: 100, time_window: 60}", Owner::Route(route.into())).unwrap();
+        let key = format!("{KEY_ROOT}/route/{route}/global");
+        let count = || quota::local::fixed().count(&key, Duration::from_secs(60));
+        let mut ctx = call_ctx(
+            route,
+            r#"{"messages":[{"content":"hi","role":"user"}],"max_tokens":5}"#,
+        );
+        p.before_attempt(&mut ctx).await.unwrap();
+        assert_eq!(count(), 13, "the estimate is reserved");
+        let names: Vec<&str> = ctx
+            .response_headers
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "x-ai-ratelimit-limit-ai-proxy-openai-compatible",
+                "x-ai-ratelimit-remaining-ai-proxy-openai-compatible",
+                "x-ai-ratelimit-reset-ai-proxy-openai-compatible"
+            ]
+        );
+        ctx.llm.as_mut().unwrap().usage = Some(crate::llm::usage::Usage {
+            prompt_tokens: 7,
+            completion_tokens: 3,
+            total_tokens: 10,
+        });
+        p.answer_end(&mut ctx);
+        assert_eq!(count(), 10, "settled in answer_end");
+        p.log(&mut ctx).await;
+        assert_eq!(count(), 10, "and only once");
+        // A second attempt gives the first one's reservation back before reserving again.
+        let mut ctx = call_ctx(
+            route,
+            r#"{"messages":[{"content":"hi","role":"user"}],"max_tokens":5}"#,
+        );
+        p.before_attempt(&mut ctx).await.unwrap();
+        p.before_attempt(&mut ctx).await.unwrap();
+        assert_eq!(count(), 23);
+        assert_eq!(
+            ctx.response_headers.len(),
+            3,
+            "the headers of the last attempt only"
+        );
+        p.log(&mut ctx).await;
+        assert_eq!(count(), 10, "no answer: given back");
+    }
+
     #[test]
     fn reset_is_rounded_up() {
         assert_eq!(reset_secs(Duration::from_millis(59_999)), 60);

@@ -17,6 +17,7 @@ mod limits;
 mod multi;
 mod passthrough;
 mod providers;
+mod rate_limiting;
 mod readme_examples;
 mod routing;
 mod streaming;
