@@ -103,20 +103,16 @@ impl Window {
 
     /// Add `amount` and admit if the count before it was below `limit`: the quota, and for an
     /// admission the start of the window the reservation went into.
-    fn reserve<K: Hash>(
-        &self,
-        clock: &Clock,
-        key: &K,
-        limit: u64,
-        amount: u64,
-    ) -> (Quota, Option<u64>) {
-        let before_start = self.start(clock.now());
+    fn reserve<K: Hash>(&self, now: u64, key: &K, limit: u64, amount: u64) -> (Quota, Option<u64>) {
+        // One reading of the store's clock serves the whole call: the calls below take well under
+        // a millisecond, and window starts are compared with half a window of tolerance.
+        let before_start = self.start(now);
         let after = self.rate.observe(key, amount as isize).max(0) as u64;
-        let now = clock.now();
-        let start = now.saturating_sub(self.elapsed());
+        let elapsed = self.elapsed();
+        let start = now.saturating_sub(elapsed);
         let known_window = self.same(before_start, start);
         let used = after.saturating_sub(amount);
-        let reset = Duration::from_millis(self.ms.saturating_sub(now.saturating_sub(start)));
+        let reset = Duration::from_millis(self.ms.saturating_sub(elapsed));
         if used < limit {
             let quota = Quota {
                 limit,
@@ -142,8 +138,8 @@ impl Window {
         }
     }
 
-    fn settle<K: Hash>(&self, clock: &Clock, key: &K, window: u64, reserved: u64, actual: u64) {
-        let start = self.start(clock.now());
+    fn settle<K: Hash>(&self, now: u64, key: &K, window: u64, reserved: u64, actual: u64) {
+        let start = self.start(now);
         if !self.same(window, start) {
             // The reservation's window is over (or unknown): only the real cost counts, here.
             if actual > 0 {
@@ -156,7 +152,7 @@ impl Window {
             return;
         }
         self.rate.observe(key, delta);
-        if delta < 0 && !self.same(start, clock.now().saturating_sub(self.elapsed())) {
+        if delta < 0 && !self.same(start, now.saturating_sub(self.elapsed())) {
             // The window turned over between the check and the release: the release came out of
             // the new window, which never had the reservation. Put it back so the new window
             // holds just the real cost.
@@ -277,10 +273,10 @@ impl LocalStore {
         let amount = amount.min(count);
         let (quota, window) = match &self.kind {
             Kind::Exact(map) => {
-                Self::exact_window(map, key, ms).reserve(&self.clock, &(), count, amount)
+                Self::exact_window(map, key, ms).reserve(self.clock.now(), &(), count, amount)
             }
             Kind::Sketch(list) => {
-                Self::sketch_window(list, ms).reserve(&self.clock, &key, count, amount)
+                Self::sketch_window(list, ms).reserve(self.clock.now(), &key, count, amount)
             }
         };
         match window {
@@ -319,14 +315,14 @@ impl QuotaStore for LocalStore {
         let reserved = ticket.reserved.min(MAX_AMOUNT);
         match &self.kind {
             Kind::Exact(map) => Self::exact_window(map, &ticket.key, ms).settle(
-                &self.clock,
+                self.clock.now(),
                 &(),
                 ticket.window,
                 reserved,
                 actual,
             ),
             Kind::Sketch(list) => Self::sketch_window(list, ms).settle(
-                &self.clock,
+                self.clock.now(),
                 &&*ticket.key,
                 ticket.window,
                 reserved,
