@@ -246,7 +246,19 @@ struct InstanceQuota {
     /// The counter's name below the scope (`instance/<name>`).
     key: String,
     limit: Limit,
-    headers: QuotaHeaders,
+    headers: Arc<QuotaHeaders>,
+}
+
+/// Header names of instances counted in the shared quota, by instance name (`None`: the name
+/// cannot be part of a header name).
+type HeaderCache = ArcSwap<Vec<(Box<str>, Option<Arc<QuotaHeaders>>)>>;
+
+/// The quota an attempt's instance counts in.
+struct InstanceCounter<'a> {
+    /// The counter's name below the scope.
+    name: &'a str,
+    limit: Limit,
+    headers: Option<Arc<QuotaHeaders>>,
 }
 
 /// One of `rules[]`.
@@ -267,7 +279,7 @@ enum Quotas {
         shared: Option<Limit>,
         /// Header names of the instances that count in `shared`, made the first time each is
         /// seen (copy-on-write: lock-free to read).
-        shared_headers: ArcSwap<Vec<(Box<str>, Option<Arc<QuotaHeaders>>)>>,
+        shared_headers: HeaderCache,
     },
     Rules(Vec<Rule>),
 }
@@ -382,7 +394,7 @@ impl AiRateLimiting {
                             format!("duplicate instance name {:?}", ic.name),
                         ));
                     }
-                    let headers = QuotaHeaders::for_instance(&ic.name).ok_or_else(|| {
+                    let headers = QuotaHeaders::for_instance(&ic.name).map(Arc::new).ok_or_else(|| {
                         ConfigError::new(
                             format!("{ipath}.name"),
                             format!("{:?} cannot be part of a header name (X-AI-RateLimit-Limit-<name>)", ic.name),
@@ -810,16 +822,8 @@ impl AiRateLimiting {
         }
     }
 
-    /// The quota of the attempt's instance: (counter name below the scope, limit, header names).
-    fn instance_quota(
-        &self,
-        name: &str,
-    ) -> Option<(
-        &str,
-        Limit,
-        Option<Arc<QuotaHeaders>>,
-        Option<&QuotaHeaders>,
-    )> {
+    /// The quota of the attempt's instance: its own, or the shared one.
+    fn instance_quota(&self, name: &str) -> Option<InstanceCounter<'_>> {
         let Quotas::Instances {
             own,
             shared,
@@ -829,7 +833,11 @@ impl AiRateLimiting {
             return None;
         };
         if let Some(q) = own.iter().find(|q| q.name == name) {
-            return Some((&q.key, q.limit, None, Some(&q.headers)));
+            return Some(InstanceCounter {
+                name: &q.key,
+                limit: q.limit,
+                headers: Some(q.headers.clone()),
+            });
         }
         let limit = (*shared)?;
         let cached = shared_headers
@@ -855,7 +863,11 @@ impl AiRateLimiting {
                 made
             }
         };
-        Some(("global", limit, headers, None))
+        Some(InstanceCounter {
+            name: "global",
+            limit,
+            headers,
+        })
     }
 
     fn push_headers(&self, out: &mut Vec<(HeaderName, HeaderValue)>, h: &QuotaHeaders, q: &Quota) {
@@ -1025,10 +1037,10 @@ impl Plugin for AiRateLimiting {
         match &self.quotas {
             Quotas::Instances { .. } => {
                 let name = llm.instance.name.as_str();
-                if let Some((counter, limit, shared_h, own_h)) = self.instance_quota(name) {
-                    let h = own_h.or(shared_h.as_deref());
-                    let key = format!("{}/{counter}", q.scope);
-                    match self.store.reserve(&key, limit, estimate).await {
+                if let Some(counter) = self.instance_quota(name) {
+                    let h = counter.headers.as_deref();
+                    let key = format!("{}/{}", q.scope, counter.name);
+                    match self.store.reserve(&key, counter.limit, estimate).await {
                         Ok(Admission::Admitted { quota, ticket }) => {
                             q.held.push(ticket);
                             if let Some(h) = h {
