@@ -22,6 +22,12 @@ pub const MAX_WEIGHT: u32 = 10_000;
 /// `chash`: the weights of one priority tier together (each unit is 160 points on the ring, so
 /// this keeps a ring at 1.6 M points, about 13 MB, at most).
 pub const MAX_CHASH_TIER_WEIGHT: u64 = 10_000;
+/// ai-rate-limiting: a quota, in tokens (and the reservation estimate's default). Far above any
+/// budget, and below 2^53, where counting in doubles (Lua, Redis scripts) stops being exact.
+pub const MAX_QUOTA: u64 = 1_000_000_000_000_000;
+/// ai-rate-limiting `time_window`: a token budget may well be monthly, so up to 366 days (the
+/// one-day bound of `MAX_SECS` is for timeouts and intervals).
+pub const MAX_QUOTA_WINDOW_SECS: u64 = 366 * 86_400;
 /// `server.threads`, `server.listener_tasks_per_fd`, offload thread pools (threads in total).
 pub const MAX_THREADS: usize = 1024;
 /// `server.upstream_keepalive_pool_size × server.threads`: Pingora preallocates the pool.

@@ -13,6 +13,9 @@
 //! inside `usage`, whose captured bytes go through serde_json. On anything unexpected the tap
 //! stops quietly: what was already extracted is kept (a body truncated after its `usage` was
 //! still billed), everything else stays `None`.
+//!
+//! On request (`keep_raw_usage`, for ai-rate-limiting's `cost_expr`) the raw `usage` text is
+//! kept too: the bytes already captured for parsing, so nothing more is read or copied.
 
 use super::usage::Usage;
 
@@ -112,6 +115,8 @@ pub struct JsonTap {
     cap_over: bool,
     usage: Option<Usage>,
     model: Option<String>,
+    keep_raw_usage: bool,
+    raw_usage: Option<Vec<u8>>,
 }
 
 impl Default for JsonTap {
@@ -132,7 +137,20 @@ impl JsonTap {
             cap_over: false,
             usage: None,
             model: None,
+            keep_raw_usage: false,
+            raw_usage: None,
         }
+    }
+
+    /// Also keep the raw text of the top-level `usage` (see `raw_usage`).
+    pub fn keep_raw_usage(&mut self) {
+        self.keep_raw_usage = true;
+    }
+
+    /// The raw JSON text of the top-level `usage` that `usage()` was read from, when
+    /// `keep_raw_usage` was asked for.
+    pub fn raw_usage(&self) -> Option<&[u8]> {
+        self.raw_usage.as_deref()
     }
 
     /// The top-level `usage`, once its value has been read completely.
@@ -372,6 +390,9 @@ impl JsonTap {
             Cap::Usage => {
                 if let Some(u) = Usage::from_json(&self.cap_buf) {
                     self.usage = Some(u);
+                    if self.keep_raw_usage {
+                        self.raw_usage = Some(self.cap_buf.clone());
+                    }
                 }
             }
             Cap::Model if self.model.is_none() => {
@@ -639,6 +660,36 @@ mod tests {
         let body = embeddings(2, 64, true);
         let t = tap_chunks(&body.chunks(7).collect::<Vec<_>>());
         assert_eq!(t.usage(), u(8, 0, 8));
+    }
+
+    #[test]
+    fn raw_usage_is_kept_only_when_asked_whatever_the_chunking() {
+        let body = CHAT.as_bytes();
+        let start = CHAT.find("{\n    \"prompt_tokens\": 1117").unwrap();
+        let end = start + CHAT[start..].find('}').unwrap() + 1;
+        let end = end + CHAT[end..].find('}').unwrap() + 1; // the details objects
+        let end = end + CHAT[end..].find('}').unwrap() + 1; // the usage object itself
+        let want = &body[start..end];
+        assert!(Usage::from_json(want).is_some());
+        let mut r = Rng(7);
+        for _ in 0..300 {
+            let mut t = JsonTap::new();
+            t.keep_raw_usage();
+            let mut i = 0;
+            while i < body.len() {
+                let n = 1 + r.below(40);
+                t.feed(&body[i..(i + n).min(body.len())]);
+                i += n;
+            }
+            assert_eq!(t.raw_usage(), Some(want));
+            assert_eq!(t.usage(), u(1117, 46, 1163));
+        }
+        assert_eq!(tap(body).raw_usage(), None, "not asked for");
+        // A usage that is not a usage object is not kept either.
+        let mut t = JsonTap::new();
+        t.keep_raw_usage();
+        t.feed(br#"{"usage":{"foo":1},"model":"m"}"#);
+        assert_eq!(t.raw_usage(), None);
     }
 
     #[test]

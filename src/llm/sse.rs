@@ -24,6 +24,9 @@
 //! and including the line break of the blank line that ends it (both bytes of a `\r\n`). The
 //! output is exactly the input minus the bytes of dropped events, whatever the chunking.
 //!
+//! On request (`keep_raw_usage`, for ai-rate-limiting's `cost_expr`) the raw text of the last
+//! usage object is kept as well, in one buffer reused from event to event.
+//!
 //! Memory is bounded by [`MAX_EVENT_BYTES`]: if one incomplete event (hold mode) or line / data
 //! payload (both modes) outgrows it, the tap stops holding and degrades to pass mode.
 
@@ -130,6 +133,17 @@ impl SseTap {
     /// The last non-null usage seen in any event.
     pub fn usage(&self) -> Option<Usage> {
         self.ev.usage
+    }
+
+    /// Also keep the raw text of the usage object (see `raw_usage`).
+    pub fn keep_raw_usage(&mut self) {
+        self.ev.keep_raw_usage = true;
+    }
+
+    /// The raw JSON text of the usage object `usage()` was read from, when `keep_raw_usage` was
+    /// asked for.
+    pub fn raw_usage(&self) -> Option<&[u8]> {
+        (self.ev.keep_raw_usage && self.ev.usage.is_some()).then_some(&self.ev.raw_usage[..])
     }
 
     /// The first non-empty `model` seen in a data event.
@@ -465,6 +479,9 @@ struct Events {
     /// Part of this event was lost to the size cap: don't parse (or drop) it.
     poisoned: bool,
     usage: Option<Usage>,
+    keep_raw_usage: bool,
+    /// The raw text `usage` was parsed from (with `keep_raw_usage`).
+    raw_usage: Vec<u8>,
     model: Option<String>,
     text: String,
     saw_done: bool,
@@ -482,6 +499,8 @@ impl Events {
             has_data: false,
             poisoned: false,
             usage: None,
+            keep_raw_usage: false,
+            raw_usage: Vec::new(),
             model: None,
             text: String::new(),
             saw_done: false,
@@ -622,6 +641,10 @@ impl Events {
             usage_object = raw.first() == Some(&b'{');
             if let Some(u) = Usage::from_json(raw) {
                 self.usage = Some(u);
+                if self.keep_raw_usage {
+                    self.raw_usage.clear();
+                    self.raw_usage.extend_from_slice(raw);
+                }
             }
         }
         // OpenAI's `include_usage` final event: `"choices": []` plus a usage object.
@@ -1436,6 +1459,41 @@ mod tests {
     }
 
     // ---- text & time to first token ------------------------------------------------------------
+
+    #[test]
+    fn raw_usage_is_the_last_usage_object_and_only_kept_when_asked() {
+        let usage = r#"{"prompt_tokens":11,"completion_tokens":22,"total_tokens":33,"prompt_tokens_details":{"cached_tokens":4}}"#;
+        let s = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"a\"}}}}],\"usage\":{{\"prompt_tokens\":1}}}}\n\n\
+             data: {{\"choices\":[],\"usage\":null}}\n\n\
+             data: {{\"choices\":[],\"usage\":{usage}}}\n\n\
+             data: {{\"choices\":[],\"usage\":7}}\n\n\
+             data: [DONE]\n\n"
+        );
+        let mut r = Rng(99);
+        for opts in [PASS, HOLD] {
+            for _ in 0..200 {
+                let mut tap = SseTap::new(opts);
+                tap.keep_raw_usage();
+                let b = s.as_bytes();
+                let mut i = 0;
+                while i < b.len() {
+                    let n = 1 + r.below(30);
+                    tap.on_chunk(Bytes::copy_from_slice(&b[i..(i + n).min(b.len())]));
+                    i += n;
+                }
+                tap.finish();
+                assert_eq!(tap.raw_usage(), Some(usage.as_bytes()));
+                assert_eq!(tap.usage(), u(11, 22, 33));
+            }
+            let (_, tap) = run1(opts, s.as_bytes());
+            assert_eq!(tap.raw_usage(), None, "not asked for");
+        }
+        let mut tap = SseTap::new(PASS);
+        tap.keep_raw_usage();
+        tap.on_chunk(Bytes::from_static(b"data: {\"choices\":[]}\n\n"));
+        assert_eq!(tap.raw_usage(), None, "no usage seen");
+    }
 
     #[test]
     fn capture_text_accumulates_delta_content() {

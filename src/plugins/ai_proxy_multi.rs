@@ -74,6 +74,9 @@ pub struct AiProxyMulti {
     fallback_statuses: Box<[bool; 600]>,
     max_attempts: u32,
     retry_within: Option<Duration>,
+    /// `fallback_strategy` has `rate_limiting`: an instance whose ai-rate-limiting quota is
+    /// spent is skipped at pick time.
+    pub quota_fallback: bool,
 }
 
 impl AiProxyMulti {
@@ -170,6 +173,7 @@ impl AiProxyMulti {
         };
 
         let mut fallback_statuses = Box::new([false; 600]);
+        let mut quota_fallback = false;
         // A string may be any strategy; a list may hold rate_limiting, http_429 and http_5xx.
         let (strategies, listed): (Vec<String>, bool) = match &conf.fallback_strategy {
             None => (Vec::new(), false),
@@ -185,10 +189,10 @@ impl AiProxyMulti {
             match s.as_str() {
                 "http_429" => fallback_statuses[429] = true,
                 "http_5xx" => fallback_statuses[500..600].iter_mut().for_each(|b| *b = true),
-                // Quota-based fallback belongs to ai-rate-limiting; health-based fallback is the
-                // instance selection itself, always on.
-                "rate_limiting" => {}
-                "instance_health_and_rate_limiting" if !listed => {}
+                // Health-based fallback is the instance selection itself, always on; quota-based
+                // fallback happens when ai-rate-limiting refuses the picked instance.
+                "rate_limiting" => quota_fallback = true,
+                "instance_health_and_rate_limiting" if !listed => quota_fallback = true,
                 other => {
                     return Err(err(
                         &at,
@@ -255,6 +259,7 @@ impl AiProxyMulti {
             fallback_statuses,
             max_attempts,
             retry_within,
+            quota_fallback,
         })
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pingora_http::ResponseHeader;
 
 use super::ctx::{PluginCtx, PluginRequest};
-use super::Plugin;
+use super::{AttemptRefusal, Plugin};
 use crate::error::Rejection;
 
 pub struct Chain {
@@ -90,6 +90,14 @@ impl Chain {
     ) -> Result<(), Rejection> {
         for p in &self.plugins {
             p.access(req, ctx).await?;
+        }
+        Ok(())
+    }
+
+    /// An attempt's instance is picked; plugins admit it or refuse it.
+    pub async fn before_attempt(&self, ctx: &mut PluginCtx) -> Result<(), AttemptRefusal> {
+        for p in &self.plugins {
+            p.before_attempt(ctx).await?;
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ use pingora_http::RequestHeader;
 
 use super::ai_proxy::AiProxy;
 use super::ai_proxy_multi::AiProxyMulti;
+use super::ai_rate_limiting::RequestQuota;
 use super::chain::Chain;
 use super::consumer::{Consumer, Consumers};
 use crate::llm::json_tap::JsonTap;
@@ -34,8 +35,10 @@ pub struct PluginCtx {
     pub request_type: RequestType,
     /// The LLM call, when an ai-proxy plugin serves the route.
     pub llm: Option<Box<LlmCall>>,
-    /// Headers plugins add to the answer the client gets.
+    /// Headers plugins add to the answer the client gets (also to the gateway's own errors).
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// ai-rate-limiting's reservations for this request.
+    pub quota: Option<Box<RequestQuota>>,
 }
 
 /// The request as plugins see it in the request phases.
@@ -122,6 +125,10 @@ pub struct LlmCall {
     pub usage: Option<Usage>,
     /// `usage` is the gateway's estimate, not the provider's count.
     pub usage_estimated: bool,
+    /// Keep the provider's raw `usage` object (a plugin computes a cost from its fields).
+    pub keep_raw_usage: bool,
+    /// The provider's raw `usage` object (JSON text), with `keep_raw_usage`.
+    pub raw_usage: Option<Vec<u8>>,
     /// When the current attempt was sent to the provider.
     pub sent_at: Option<Instant>,
     /// When the first content (streaming) or the whole answer (otherwise) arrived.
@@ -162,6 +169,8 @@ impl LlmCall {
             tap: ResponseTap::None,
             usage: None,
             usage_estimated: false,
+            keep_raw_usage: false,
+            raw_usage: None,
             sent_at: None,
             first_token_at: None,
             attempts: 0,

@@ -8,6 +8,7 @@
 
 pub mod ai_proxy;
 pub mod ai_proxy_multi;
+pub mod ai_rate_limiting;
 pub mod chain;
 pub mod consumer;
 pub mod ctx;
@@ -68,6 +69,12 @@ pub trait Plugin: Send + Sync + 'static {
         Ok(())
     }
 
+    /// An attempt's instance has been picked (`ctx.llm.instance`), before anything is sent to
+    /// it: admission per instance (a quota reserves there). Runs again for every attempt.
+    async fn before_attempt(&self, _ctx: &mut PluginCtx) -> Result<(), AttemptRefusal> {
+        Ok(())
+    }
+
     /// The answer's header on its way to the client.
     fn header_filter(&self, _resp: &mut ResponseHeader, _ctx: &mut PluginCtx) {}
 
@@ -87,6 +94,16 @@ pub trait Plugin: Send + Sync + 'static {
     fn probes(&self) -> Vec<Arc<ActiveProbe>> {
         Vec::new()
     }
+}
+
+/// A plugin's refusal of an attempt's instance (`before_attempt`).
+#[derive(Debug)]
+pub struct AttemptRefusal {
+    /// What the client gets when no other instance serves the request.
+    pub rejection: Rejection,
+    /// Another instance may serve it (ai-proxy-multi falls back on quota): pick again, as if
+    /// this one had been tried.
+    pub try_another: bool,
 }
 
 pub use crate::config::schema::PluginsConf;

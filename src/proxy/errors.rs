@@ -33,8 +33,9 @@ pub async fn respond_with(
     if !request_id.is_empty() {
         let _ = resp.insert_header("X-Request-Id", request_id);
     }
-    if err.status == 503 {
-        // The gateway's own 503 means it is busy (`server_busy`): say when to come back.
+    if err.status == 503 && !headers.iter().any(|(k, _)| k == http::header::RETRY_AFTER) {
+        // The gateway's own 503 means it is busy (`server_busy`): say when to come back. (A
+        // quota's refusal says when its window resets instead.)
         let _ = resp.insert_header("Retry-After", "1");
     }
     if session

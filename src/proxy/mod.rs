@@ -257,7 +257,14 @@ impl ProxyHttp for Gateway {
                 // Once the answer has started, the only honest signal left is closing the stream.
                 let fresh = session.response_written().is_none();
                 if fresh {
-                    errors::respond(session, &ctx.request_id, &err).await;
+                    // With the headers plugins set (a quota's, also on its own refusal).
+                    errors::respond_with(
+                        session,
+                        &ctx.request_id,
+                        &err,
+                        &ctx.plugins.response_headers,
+                    )
+                    .await;
                 }
                 ctx.error = Some(err);
                 FailToProxy {

@@ -120,6 +120,7 @@ pub fn prepare_attempt(llm: &mut LlmCall) -> Result<(), GatewayError> {
     // Nothing of an earlier attempt's answer counts for this one.
     llm.usage = None;
     llm.usage_estimated = false;
+    llm.raw_usage = None;
     llm.response_model = None;
     llm.tap = ResponseTap::None;
     let inst = llm.instance.clone();
@@ -145,6 +146,32 @@ pub fn prepare_attempt(llm: &mut LlmCall) -> Result<(), GatewayError> {
     llm.sent_at = Some(Instant::now());
     llm.first_token_at = None;
     Ok(())
+}
+
+/// Pick the attempt's instance, rewrite the body for it, and let the plugins admit it (a quota
+/// reserves there). An instance a plugin turns down while another could serve (ai-proxy-multi
+/// falling back on quota) counts as tried and is not an attempt: the next one is picked at once.
+/// A refusal's headers (the quota's) go out with the error, through `response_headers`.
+pub async fn attempt(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    loop {
+        let llm = ctx.plugins.llm.as_mut().expect("an LLM call");
+        prepare_attempt(llm)?;
+        let Some(chain) = ctx.plugins.chain.clone() else {
+            return Ok(());
+        };
+        let Err(refusal) = chain.before_attempt(&mut ctx.plugins).await else {
+            return Ok(());
+        };
+        let llm = ctx.plugins.llm.as_mut().expect("an LLM call");
+        if refusal.try_another && llm.multi().is_some() && llm.tried.iter().any(|t| !t) {
+            llm.attempts -= 1;
+            continue;
+        }
+        ctx.plugins
+            .response_headers
+            .extend(refusal.rejection.headers);
+        return Err(refusal.rejection.error);
+    }
 }
 
 /// A fresh GCP access token header when the instance authenticates with a service account
@@ -176,8 +203,8 @@ pub async fn select_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayE
         .as_ref()
         .is_some_and(|l| l.passthrough_body.is_none());
     let peer = if to_llm {
+        attempt(ctx).await?;
         let llm = ctx.plugins.llm.as_mut().expect("checked");
-        prepare_attempt(llm)?;
         let target = llm.target.as_ref().expect("set by prepare_attempt");
         let ep = &target.endpoint;
         let resolved = dns::resolve(&ep.host)
@@ -374,12 +401,12 @@ pub async fn passthrough_call(
 ) -> Result<Option<()>, GatewayError> {
     let request_id = ctx.request_id.clone();
     let max_response = usize::try_from(ctx.max_body_size).unwrap_or(usize::MAX);
+    attempt(ctx).await?;
     let llm = ctx
         .plugins
         .llm
         .as_mut()
         .expect("passthrough needs an LLM call");
-    prepare_attempt(llm)?;
     let target = llm.target.as_ref().expect("set by prepare_attempt");
     let inst = llm.instance.clone();
     // The same headers a plain ai-proxy call sends: the client's, minus hop-by-hop ones and every
@@ -456,13 +483,22 @@ pub async fn passthrough_call(
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if is_sse {
         let mut tap = SseTap::new(SseTapOptions::default());
+        if llm.keep_raw_usage {
+            tap.keep_raw_usage();
+        }
         tap.on_chunk(resp.body.clone());
+        tap.finish();
         llm.usage = tap.usage();
+        llm.raw_usage = tap.raw_usage().map(<[u8]>::to_vec);
         llm.response_model = tap.model().map(str::to_string);
     } else {
         let mut tap = JsonTap::new();
+        if llm.keep_raw_usage {
+            tap.keep_raw_usage();
+        }
         tap.feed(&resp.body);
         llm.usage = tap.usage();
+        llm.raw_usage = tap.raw_usage().map(<[u8]>::to_vec);
         llm.response_model = tap.model().map(str::to_string);
     }
     if !(200..300).contains(&status) {

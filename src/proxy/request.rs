@@ -134,7 +134,13 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
         match outbound::passthrough_call(session, ctx).await {
             Ok(None) => {}
             Ok(Some(())) => return Verdict::Responded,
-            Err(e) => return Verdict::Reject(e.into()),
+            // With the headers plugins set (a quota's refusal carries its own).
+            Err(e) => {
+                return Verdict::Reject(Rejection {
+                    error: e,
+                    headers: std::mem::take(&mut ctx.plugins.response_headers),
+                })
+            }
         }
     }
     ctx.replay = replay::install(session, client_body);

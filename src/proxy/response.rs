@@ -9,6 +9,7 @@ use pingora_http::ResponseHeader;
 
 use super::ctx::RequestCtx;
 use super::errors::GatewayError;
+use crate::llm::json_tap::JsonTap;
 use crate::llm::sse::{SseTap, SseTapOptions};
 use crate::llm::usage::Usage;
 use crate::plugins::ctx::ResponseTap;
@@ -36,15 +37,23 @@ pub fn on_upstream_header(resp: &ResponseHeader, ctx: &mut RequestCtx) {
     llm.tap = if vertex_predict && ok {
         ResponseTap::Collect(BytesMut::new())
     } else if is_sse {
-        ResponseTap::Sse(Box::new(SseTap::new(SseTapOptions {
+        let mut tap = SseTap::new(SseTapOptions {
             drop_usage_only_event: llm.usage_injected,
             capture_text: llm.instance.logging.payloads,
-        })))
+        });
+        if llm.keep_raw_usage {
+            tap.keep_raw_usage();
+        }
+        ResponseTap::Sse(Box::new(tap))
     } else {
         if llm.instance.logging.payloads && ok {
             llm.payload_buf = Some(BytesMut::new());
         }
-        ResponseTap::Json(Box::default())
+        let mut tap = Box::<JsonTap>::default();
+        if llm.keep_raw_usage {
+            tap.keep_raw_usage();
+        }
+        ResponseTap::Json(tap)
     };
 }
 
@@ -169,6 +178,9 @@ pub fn settle_usage(ctx: &mut RequestCtx) {
     match &llm.tap {
         ResponseTap::Sse(tap) => {
             llm.usage = tap.usage().or(llm.usage);
+            if let Some(raw) = tap.raw_usage().filter(|_| llm.raw_usage.is_none()) {
+                llm.raw_usage = Some(raw.to_vec());
+            }
             if llm.usage.is_none() && tap.content_events() > 0 {
                 // The stream ended without the provider's usage (the client left mid-stream, or
                 // the provider never reports it): estimate rather than count nothing, or a
@@ -191,6 +203,9 @@ pub fn settle_usage(ctx: &mut RequestCtx) {
         }
         ResponseTap::Json(tap) => {
             llm.usage = tap.usage().or(llm.usage);
+            if let Some(raw) = tap.raw_usage().filter(|_| llm.raw_usage.is_none()) {
+                llm.raw_usage = Some(raw.to_vec());
+            }
             if llm.response_model.is_none() {
                 llm.response_model = tap.model().map(str::to_string);
             }

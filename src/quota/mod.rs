@@ -4,7 +4,11 @@
 //! is replaced by the real cost when the answer ends (`settle`), so requests in flight count
 //! against the quota and concurrent clients cannot overshoot it by more than one request.
 //! `QuotaStore` is the contract every place a counter can live implements: in the process
-//! (`local`, on pingora-limits) or shared by several gateway nodes (`redis`).
+//! (`local`, on pingora-limits) or shared by several gateway nodes (`redis`). `store_for` picks
+//! the store for a plugin's `policy`. `expr` is ai-rate-limiting's `cost_expr`.
+
+pub mod expr;
+pub mod local;
 
 pub mod degrade;
 pub mod redis;
@@ -74,4 +78,102 @@ pub trait QuotaStore: Send + Sync + 'static {
 
     /// Whether the window is spent, without reserving (ai-proxy-multi skips spent instances).
     async fn spent(&self, key: &str, limit: Limit) -> Result<bool, StoreError>;
+}
+
+/// Largest amount a store counts at once (a reservation or a cost): exact in a double (Lua and
+/// Redis scripts) and far from overflowing a counter. No token count comes near it.
+pub const MAX_AMOUNT: u64 = 1 << 53;
+
+/// What kind of keys a plugin counts with a store: a local store keeps the two differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// A set the config bounds (instance quotas per route or consumer): counted exactly.
+    Fixed,
+    /// Keys from request variables (rules keyed by a header, the client address...): unbounded
+    /// and chosen by clients, so kept in fixed memory that may over-count (never under-count).
+    FromRequests,
+}
+
+/// Where a plugin's counters live: ai-rate-limiting's `policy` with APISIX limit-count's flat
+/// `redis_*` fields, checked and typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Policy {
+    /// In this process (the default).
+    Local,
+    /// `policy: redis`: one Redis server.
+    Redis(RedisConf),
+    /// `policy: redis-cluster`: a Redis Cluster.
+    RedisCluster(RedisConf),
+}
+
+impl Policy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Policy::Local => "local",
+            Policy::Redis(_) => "redis",
+            Policy::RedisCluster(_) => "redis-cluster",
+        }
+    }
+}
+
+/// The Redis fields of a policy. For `redis`, `host` is set and `cluster_nodes` empty; for
+/// `redis-cluster`, `cluster_nodes` (at least one `host:port`) and `cluster_name` are set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConf {
+    pub host: Option<String>,
+    /// `redis_port` (6379).
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `redis_database` (0).
+    pub database: u32,
+    /// `redis_timeout` (1000 ms): the longest a request waits on Redis.
+    pub timeout: Duration,
+    /// `redis_ssl` (`redis_cluster_ssl` for a cluster).
+    pub ssl: bool,
+    /// `redis_ssl_verify` (`redis_cluster_ssl_verify`). aigate checks certificates unless told
+    /// not to (APISIX's default is not to).
+    pub ssl_verify: bool,
+    pub cluster_nodes: Vec<String>,
+    pub cluster_name: Option<String>,
+    /// `allow_degradation`: count locally while Redis cannot answer, instead of refusing.
+    pub allow_degradation: bool,
+}
+
+impl std::fmt::Debug for RedisConf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password is left out: configs end up in error messages and logs.
+        f.debug_struct("RedisConf")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("database", &self.database)
+            .field("timeout", &self.timeout)
+            .field("ssl", &self.ssl)
+            .field("ssl_verify", &self.ssl_verify)
+            .field("cluster_nodes", &self.cluster_nodes)
+            .field("cluster_name", &self.cluster_name)
+            .field("allow_degradation", &self.allow_degradation)
+            .finish()
+    }
+}
+
+/// The in-process store for `keys` (process-wide: counters are keyed by stable strings).
+pub fn local_store(keys: Keys) -> Arc<dyn QuotaStore> {
+    match keys {
+        Keys::Fixed => local::fixed(),
+        Keys::FromRequests => local::from_requests(),
+    }
+}
+
+/// The store a plugin with this `policy` counts `keys` in. `Err` is a config error's message
+/// (the caller names the field).
+pub fn store_for(policy: &Policy, keys: Keys) -> Result<Arc<dyn QuotaStore>, String> {
+    match policy {
+        Policy::Local => Ok(local_store(keys)),
+        Policy::Redis(_) | Policy::RedisCluster(_) => Err(format!(
+            "policy {} needs the Redis store, which this build does not have yet; use policy local",
+            policy.name()
+        )),
+    }
 }

@@ -18,6 +18,7 @@ mod limits;
 mod multi;
 mod passthrough;
 mod providers;
+mod rate_limiting;
 mod readme_examples;
 mod redis_quota;
 mod redis_server;

@@ -67,6 +67,7 @@ config key = header name without x-mock-, dashes as underscores):
   x-mock-usage: final|inline|none   where streamed usage goes (default final = OpenAI)
   x-mock-prompt-tokens: N       override prompt token count
   x-mock-completion-tokens: N   override completion token count
+  x-mock-cached-tokens: N       add usage.prompt_tokens_details.cached_tokens
   x-mock-model: NAME            override the model reported
   x-mock-dims: N                embedding vector size (default 8)
   x-mock-token-ttl: SECS        expires_in of OAuth tokens

@@ -512,12 +512,15 @@ fn chat(app: &App, req: &Request, knobs: &Knobs) -> Reply {
         Err(reply) => return reply,
     };
     let pieces = openai::content_pieces(knobs.content.as_deref(), knobs.chunks, &app.name);
-    let usage = openai::Usage::new(
+    let mut usage = openai::Usage::new(
         knobs
             .prompt_tokens
             .unwrap_or_else(|| openai::prompt_tokens(&body)),
         knobs.completion_tokens.unwrap_or(pieces.len() as u64),
     );
+    usage.prompt_tokens_details = knobs
+        .cached_tokens
+        .map(|cached_tokens| openai::PromptTokensDetails { cached_tokens });
     let id = format!(
         "chatcmpl-mock-{}",
         app.chat_seq.fetch_add(1, Ordering::Relaxed) + 1
