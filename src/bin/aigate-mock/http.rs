@@ -13,8 +13,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Largest request body accepted (the gateway's tests send 1 MiB; leave headroom).
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
 /// How many bytes to buffer while waiting for the end of a request head (or of
-/// chunked trailers) before giving up with 431.
-const MAX_HEAD: usize = 64 * 1024;
+/// chunked trailers) before giving up with 431. The gateway forwards heads up to its
+/// `max_header_size` (at most 512 KiB), so the mock takes as much as Pingora does (1 MiB):
+/// a lower cap made the answer depend on how the kernel split the reads.
+const MAX_HEAD: usize = 1024 * 1024;
 const MAX_HEADERS: usize = 256;
 /// How much buffer to make room for before each socket read.
 const READ_RESERVE: usize = 64 * 1024;
