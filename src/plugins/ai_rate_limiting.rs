@@ -46,7 +46,8 @@ use crate::error::{GatewayError, Rejection};
 use crate::llm::request::LlmRequest;
 use crate::providers::instance::LlmInstance;
 use crate::quota::expr::CostExpr;
-use crate::quota::{self, Admission, Keys, Limit, Policy, Quota, QuotaStore, RedisConf, Ticket};
+use crate::quota::redis::{RedisFields, RedisPolicy, RedisSettings};
+use crate::quota::{self, Admission, Keys, Limit, Policy, Quota, QuotaStore, Ticket};
 use crate::router::vars::Variable;
 use crate::router::RequestView;
 
@@ -57,6 +58,7 @@ pub const REGISTRATION: Registration = Registration {
         let conf: Conf = registry::parse(conf, path)?;
         Ok(Arc::new(AiRateLimiting::build(conf, path, owner)?))
     },
+    credential: None,
 };
 
 /// aigate's default for `estimated_completion_tokens`: what a reservation counts for the answer
@@ -115,6 +117,11 @@ struct Conf {
     redis_cluster_ssl_verify: Option<bool>,
     #[serde(default)]
     allow_degradation: Option<bool>,
+    /// APISIX's Redis pool settings (milliseconds; connections): checked, with no effect.
+    #[serde(default)]
+    redis_keepalive_timeout: Option<i64>,
+    #[serde(default)]
+    redis_keepalive_pool: Option<i64>,
     /// aigate: completion tokens a reservation counts when the request sets no `max_tokens`.
     #[serde(default)]
     estimated_completion_tokens: Option<Whole>,
@@ -511,7 +518,8 @@ fn build_rules(rules: &[RuleConf], path: &str) -> Result<Vec<Rule>, ConfigError>
 }
 
 /// `policy` and its flat `redis_*` fields. A field of another policy is refused (it would do
-/// nothing), as is `allow_degradation: true` with `policy: local`.
+/// nothing), as is `allow_degradation: true` with `policy: local`; the Redis fields themselves
+/// are checked by the Redis store (`RedisSettings::new`), which names the field.
 fn build_policy(c: &Conf, path: &str) -> Result<Policy, ConfigError> {
     let at = |f: &str| format!("{path}.{f}");
     let policy = c.policy.as_deref().unwrap_or("local");
@@ -535,6 +543,8 @@ fn build_policy(c: &Conf, path: &str) -> Result<Policy, ConfigError> {
         ("redis_username", c.redis_username.is_some()),
         ("redis_password", c.redis_password.is_some()),
         ("redis_timeout", c.redis_timeout.is_some()),
+        ("redis_keepalive_timeout", c.redis_keepalive_timeout.is_some()),
+        ("redis_keepalive_pool", c.redis_keepalive_pool.is_some()),
     ];
     let refuse = |fields: &[(&str, bool)], only: &str| -> Result<(), ConfigError> {
         match fields.iter().find(|(_, set)| *set) {
@@ -542,61 +552,7 @@ fn build_policy(c: &Conf, path: &str) -> Result<Policy, ConfigError> {
             None => Ok(()),
         }
     };
-    let redis_conf = |cluster: bool| -> Result<RedisConf, ConfigError> {
-        let timeout = match c.redis_timeout {
-            None => Duration::from_millis(1000),
-            Some(ms) => limits::millis(u64::try_from(ms).unwrap_or(0), 1)
-                .map_err(|m| ConfigError::new(at("redis_timeout"), m))?,
-        };
-        let nonempty = |f: &str, v: &Option<String>| match v {
-            Some(s) if s.is_empty() => Err(ConfigError::new(at(f), "must not be empty")),
-            _ => Ok(v.clone()),
-        };
-        Ok(RedisConf {
-            host: nonempty("redis_host", &c.redis_host)?,
-            port: match c.redis_port {
-                None => 6379,
-                Some(p) => u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
-                    ConfigError::new(
-                        at("redis_port"),
-                        format!("must be between 1 and 65535, not {p}"),
-                    )
-                })?,
-            },
-            username: nonempty("redis_username", &c.redis_username)?,
-            // An empty password is no password, as in APISIX.
-            password: c.redis_password.clone().filter(|p| !p.is_empty()),
-            database: match c.redis_database {
-                None => 0,
-                Some(d) => u32::try_from(d)
-                    .ok()
-                    .filter(|d| *d <= i32::MAX as u32)
-                    .ok_or_else(|| {
-                        ConfigError::new(
-                            at("redis_database"),
-                            format!("must be between 0 and {}, not {d}", i32::MAX),
-                        )
-                    })?,
-            },
-            timeout,
-            ssl: if cluster {
-                c.redis_cluster_ssl
-            } else {
-                c.redis_ssl
-            }
-            .unwrap_or(false),
-            ssl_verify: if cluster {
-                c.redis_cluster_ssl_verify
-            } else {
-                c.redis_ssl_verify
-            }
-            .unwrap_or(true),
-            cluster_nodes: c.redis_cluster_nodes.clone().unwrap_or_default(),
-            cluster_name: nonempty("redis_cluster_name", &c.redis_cluster_name)?,
-            allow_degradation: c.allow_degradation.unwrap_or(false),
-        })
-    };
-    match policy {
+    let kind = match policy {
         "local" => {
             refuse(&single, "redis")?;
             refuse(&cluster, "redis-cluster")?;
@@ -607,56 +563,66 @@ fn build_policy(c: &Conf, path: &str) -> Result<Policy, ConfigError> {
                     "only with policy redis or redis-cluster (a local counter always answers)",
                 ));
             }
-            Ok(Policy::Local)
+            return Ok(Policy::Local);
         }
         "redis" => {
             refuse(&cluster, "redis-cluster")?;
-            let conf = redis_conf(false)?;
-            if conf.host.is_none() {
-                return Err(ConfigError::new(
-                    at("redis_host"),
-                    "is required with policy redis",
-                ));
-            }
-            Ok(Policy::Redis(conf))
+            RedisPolicy::Redis
         }
         "redis-cluster" => {
             refuse(&single, "redis")?;
-            let conf = redis_conf(true)?;
-            if conf.cluster_nodes.is_empty() {
-                return Err(ConfigError::new(
-                    at("redis_cluster_nodes"),
-                    "is required with policy redis-cluster: at least one \"host:port\"",
-                ));
-            }
-            for (i, n) in conf.cluster_nodes.iter().enumerate() {
-                let ok = n
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-                if !ok {
-                    return Err(ConfigError::new(
-                        format!("{path}.redis_cluster_nodes[{i}]"),
-                        format!("{n:?} is not \"host:port\""),
-                    ));
-                }
-            }
-            if conf.cluster_name.is_none() {
-                return Err(ConfigError::new(
-                    at("redis_cluster_name"),
-                    "is required with policy redis-cluster",
-                ));
-            }
-            Ok(Policy::RedisCluster(conf))
+            RedisPolicy::RedisCluster
         }
-        "redis-sentinel" => Err(ConfigError::new(
-            at("policy"),
-            "redis-sentinel is not supported (use local, redis or redis-cluster)",
-        )),
-        other => Err(ConfigError::new(
-            at("policy"),
-            format!("must be local, redis or redis-cluster, not {other:?}"),
-        )),
+        "redis-sentinel" => {
+            return Err(ConfigError::new(
+                at("policy"),
+                "redis-sentinel is not supported (use local, redis or redis-cluster)",
+            ))
+        }
+        other => {
+            return Err(ConfigError::new(
+                at("policy"),
+                format!("must be local, redis or redis-cluster, not {other:?}"),
+            ))
+        }
+    };
+    // APISIX's pool settings: accepted so that configs exported from APISIX load unchanged, and
+    // range-checked as APISIX does, but there is no pool to size here: aigate keeps one
+    // multiplexed connection per Redis (per cluster node), shared by every request.
+    if let Some(ms) = c.redis_keepalive_timeout {
+        if ms < 1000 {
+            return Err(ConfigError::new(
+                at("redis_keepalive_timeout"),
+                format!("must be at least 1000 (milliseconds), not {ms}"),
+            ));
+        }
     }
+    if let Some(n) = c.redis_keepalive_pool {
+        if n < 1 {
+            return Err(ConfigError::new(
+                at("redis_keepalive_pool"),
+                format!("must be at least 1, not {n}"),
+            ));
+        }
+    }
+    let fields = RedisFields {
+        redis_host: c.redis_host.clone(),
+        redis_port: c.redis_port,
+        redis_username: c.redis_username.clone(),
+        redis_password: c.redis_password.clone(),
+        redis_database: c.redis_database,
+        redis_timeout: c.redis_timeout,
+        redis_ssl: c.redis_ssl,
+        redis_ssl_verify: c.redis_ssl_verify,
+        redis_cluster_nodes: c.redis_cluster_nodes.clone(),
+        redis_cluster_name: c.redis_cluster_name.clone(),
+        redis_cluster_ssl: c.redis_cluster_ssl,
+        redis_cluster_ssl_verify: c.redis_cluster_ssl_verify,
+        allow_degradation: c.allow_degradation,
+    };
+    RedisSettings::new(kind, fields)
+        .map(Policy::Redis)
+        .map_err(|e| ConfigError::new(at(&e.field), e.message))
 }
 
 // ---- rule keys ---------------------------------------------------------------------------------
@@ -1173,11 +1139,14 @@ mod tests {
             ("{rules: [{count: 1, time_window: 1, key: $http_x_a, header_prefix: u}, {count: 1, time_window: 1, key: $http_x_b, header_prefix: U}]}", format!("{p}.rules[1].header_prefix: another rule already sends X-AI-U-RateLimit-* headers")),
             ("{rules: [{count: 0, time_window: 1, key: $http_x_a}]}", format!("{p}.rules[0].count: must be between 1")),
             ("{limit: 1, time_window: 1, policy: redis}", format!("{p}.redis_host: is required with policy redis")),
-            ("{limit: 1, time_window: 1, policy: redis, redis_host: localhost}", format!("{p}.policy: policy redis needs the Redis store")),
-            ("{limit: 1, time_window: 1, policy: redis-cluster, redis_cluster_nodes: ['a:1'], redis_cluster_name: c}", format!("{p}.policy: policy redis-cluster needs the Redis store")),
+            ("{limit: 1, time_window: 1, policy: redis, redis_host: 'a b'}", format!("{p}.redis_host: \"a b\" is not a host name")),
+            ("{limit: 1, time_window: 1, policy: redis, redis_host: h, redis_database: -1}", format!("{p}.redis_database: must be 0 or more")),
+            ("{limit: 1, time_window: 1, policy: redis, redis_host: h, redis_keepalive_timeout: 10}", format!("{p}.redis_keepalive_timeout: must be at least 1000")),
+            ("{limit: 1, time_window: 1, policy: redis, redis_host: h, redis_keepalive_pool: 0}", format!("{p}.redis_keepalive_pool: must be at least 1")),
+            ("{limit: 1, time_window: 1, redis_keepalive_pool: 5}", format!("{p}.redis_keepalive_pool: only with policy redis or redis-cluster")),
             ("{limit: 1, time_window: 1, policy: redis-cluster, redis_cluster_nodes: ['nope'], redis_cluster_name: c}", format!("{p}.redis_cluster_nodes[0]: \"nope\" is not \"host:port\"")),
             ("{limit: 1, time_window: 1, policy: redis-cluster, redis_cluster_nodes: ['a:1']}", format!("{p}.redis_cluster_name: is required with policy redis-cluster")),
-            ("{limit: 1, time_window: 1, policy: redis, redis_host: h, redis_port: 70000}", format!("{p}.redis_port: must be between 1 and 65535")),
+            ("{limit: 1, time_window: 1, policy: redis, redis_host: h, redis_port: 70000}", format!("{p}.redis_port: must be a port between 1 and 65535")),
             ("{limit: 1, time_window: 1, policy: redis, redis_host: h, redis_timeout: 0}", format!("{p}.redis_timeout: must be at least 1")),
             ("{limit: 1, time_window: 1, policy: redis, redis_host: h, redis_cluster_name: c}", format!("{p}.redis_cluster_name: only with policy redis-cluster")),
             ("{limit: 1, time_window: 1, redis_host: h}", format!("{p}.redis_host: only with policy redis")),
@@ -1202,6 +1171,8 @@ mod tests {
             "{rules: [{count: 10, time_window: 60, key: '$consumer_name $remote_addr', header_prefix: user}, {count: 5, time_window: 60, key: '${http_x_team}'}]}",
             "{limit: 1, time_window: 1, limit_strategy: expression, cost_expr: 'input_tokens + cache_creation_input_tokens + output_tokens'}",
             "{limit: 1, time_window: 31622400, allow_degradation: false, show_limit_quota_header: false}",
+            "{limit: 1, time_window: 1, policy: redis, redis_host: localhost, redis_keepalive_timeout: 10000, redis_keepalive_pool: 100}",
+            "{limit: 1, time_window: 1, policy: redis-cluster, redis_cluster_nodes: ['a:1', '[::1]:7000'], redis_cluster_name: c, allow_degradation: true}",
         ] {
             build(yaml, route()).unwrap_or_else(|e| panic!("{yaml}: {e}"));
         }

@@ -94,68 +94,13 @@ pub enum Keys {
     FromRequests,
 }
 
-/// Where a plugin's counters live: ai-rate-limiting's `policy` with APISIX limit-count's flat
-/// `redis_*` fields, checked and typed.
+/// Where a plugin's counters live: ai-rate-limiting's `policy`, checked and typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Policy {
     /// In this process (the default).
     Local,
-    /// `policy: redis`: one Redis server.
-    Redis(RedisConf),
-    /// `policy: redis-cluster`: a Redis Cluster.
-    RedisCluster(RedisConf),
-}
-
-impl Policy {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Policy::Local => "local",
-            Policy::Redis(_) => "redis",
-            Policy::RedisCluster(_) => "redis-cluster",
-        }
-    }
-}
-
-/// The Redis fields of a policy. For `redis`, `host` is set and `cluster_nodes` empty; for
-/// `redis-cluster`, `cluster_nodes` (at least one `host:port`) and `cluster_name` are set.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisConf {
-    pub host: Option<String>,
-    /// `redis_port` (6379).
-    pub port: u16,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// `redis_database` (0).
-    pub database: u32,
-    /// `redis_timeout` (1000 ms): the longest a request waits on Redis.
-    pub timeout: Duration,
-    /// `redis_ssl` (`redis_cluster_ssl` for a cluster).
-    pub ssl: bool,
-    /// `redis_ssl_verify` (`redis_cluster_ssl_verify`). aigate checks certificates unless told
-    /// not to (APISIX's default is not to).
-    pub ssl_verify: bool,
-    pub cluster_nodes: Vec<String>,
-    pub cluster_name: Option<String>,
-    /// `allow_degradation`: count locally while Redis cannot answer, instead of refusing.
-    pub allow_degradation: bool,
-}
-
-impl std::fmt::Debug for RedisConf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The password is left out: configs end up in error messages and logs.
-        f.debug_struct("RedisConf")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("username", &self.username)
-            .field("database", &self.database)
-            .field("timeout", &self.timeout)
-            .field("ssl", &self.ssl)
-            .field("ssl_verify", &self.ssl_verify)
-            .field("cluster_nodes", &self.cluster_nodes)
-            .field("cluster_name", &self.cluster_name)
-            .field("allow_degradation", &self.allow_degradation)
-            .finish()
-    }
+    /// `policy: redis` or `policy: redis-cluster`: shared by every node on the same Redis.
+    Redis(redis::RedisSettings),
 }
 
 /// The in-process store for `keys` (process-wide: counters are keyed by stable strings).
@@ -171,9 +116,13 @@ pub fn local_store(keys: Keys) -> Arc<dyn QuotaStore> {
 pub fn store_for(policy: &Policy, keys: Keys) -> Result<Arc<dyn QuotaStore>, String> {
     match policy {
         Policy::Local => Ok(local_store(keys)),
-        Policy::Redis(_) | Policy::RedisCluster(_) => Err(format!(
-            "policy {} needs the Redis store, which this build does not have yet; use policy local",
-            policy.name()
-        )),
+        Policy::Redis(settings) => {
+            let redis = redis::RedisStore::shared(settings.clone())?;
+            Ok(degrade::redis_policy_store(
+                redis,
+                settings.allow_degradation,
+                || local_store(keys),
+            ))
+        }
     }
 }

@@ -120,14 +120,14 @@ impl std::fmt::Debug for RedisFields {
 /// its own path in front.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
-    pub field: &'static str,
+    pub field: String,
     pub message: String,
 }
 
 impl FieldError {
-    fn new(field: &'static str, message: impl Into<String>) -> FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
         FieldError {
-            field,
+            field: field.into(),
             message: message.into(),
         }
     }
@@ -262,7 +262,8 @@ impl RedisSettings {
                 }
                 let nodes = list
                     .into_iter()
-                    .map(host_port)
+                    .enumerate()
+                    .map(|(i, node)| host_port(i, node))
                     .collect::<Result<Vec<_>, _>>()?;
                 let name = match f.redis_cluster_name {
                     Some(n) if !n.is_empty() => n,
@@ -295,7 +296,7 @@ impl RedisSettings {
     }
 }
 
-fn check_host(field: &'static str, host: String) -> Result<String, FieldError> {
+fn check_host(field: &str, host: String) -> Result<String, FieldError> {
     if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
         return Err(FieldError::new(
             field,
@@ -310,7 +311,7 @@ fn check_host(field: &'static str, host: String) -> Result<String, FieldError> {
         .unwrap_or(host))
 }
 
-fn port(field: &'static str, p: i64) -> Result<u16, FieldError> {
+fn port(field: &str, p: i64) -> Result<u16, FieldError> {
     match u16::try_from(p) {
         Ok(p) if p > 0 => Ok(p),
         _ => Err(FieldError::new(
@@ -321,11 +322,11 @@ fn port(field: &'static str, p: i64) -> Result<u16, FieldError> {
 }
 
 /// `host:port` or `[v6]:port`.
-fn host_port(node: String) -> Result<(String, u16), FieldError> {
-    const FIELD: &str = "redis_cluster_nodes";
+fn host_port(i: usize, node: String) -> Result<(String, u16), FieldError> {
+    let field = format!("redis_cluster_nodes[{i}]");
     let bad = || {
         FieldError::new(
-            FIELD,
+            field.as_str(),
             format!("{node:?} is not \"host:port\" (an IPv6 address in brackets: \"[::1]:6379\")"),
         )
     };
@@ -334,7 +335,7 @@ fn host_port(node: String) -> Result<(String, u16), FieldError> {
         return Err(bad());
     }
     let p: i64 = p.parse().map_err(|_| bad())?;
-    Ok((check_host(FIELD, host.to_string())?, port(FIELD, p)?))
+    Ok((check_host(&field, host.to_string())?, port(&field, p)?))
 }
 
 fn join_host_port(host: &str, port: u16) -> String {
@@ -1060,15 +1061,12 @@ mod tests {
             redis_cluster_name: Some("c".into()),
             ..Default::default()
         };
-        for bad in [
-            vec![],
-            vec!["h"],
-            vec!["h:x"],
-            vec!["::1:7000"],
-            vec!["h:0"],
-        ] {
+        let e = cluster(named(vec![])).unwrap_err();
+        assert_eq!(e.field, "redis_cluster_nodes");
+        for bad in [vec!["h"], vec!["h:x"], vec!["::1:7000"], vec!["a:1", "h:0"]] {
             let e = cluster(named(bad.clone())).unwrap_err();
-            assert_eq!(e.field, "redis_cluster_nodes", "{bad:?}");
+            let at = format!("redis_cluster_nodes[{}]", bad.len() - 1);
+            assert_eq!(e.field, at, "{bad:?}");
         }
         let e = cluster(RedisFields {
             redis_cluster_name: None,
