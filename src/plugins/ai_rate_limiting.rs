@@ -543,7 +543,10 @@ fn build_policy(c: &Conf, path: &str) -> Result<Policy, ConfigError> {
         ("redis_username", c.redis_username.is_some()),
         ("redis_password", c.redis_password.is_some()),
         ("redis_timeout", c.redis_timeout.is_some()),
-        ("redis_keepalive_timeout", c.redis_keepalive_timeout.is_some()),
+        (
+            "redis_keepalive_timeout",
+            c.redis_keepalive_timeout.is_some(),
+        ),
         ("redis_keepalive_pool", c.redis_keepalive_pool.is_some()),
     ];
     let refuse = |fields: &[(&str, bool)], only: &str| -> Result<(), ConfigError> {
@@ -669,7 +672,7 @@ impl Template {
                 pieces.push(Piece::Lit(std::mem::take(&mut lit)));
             }
             let var = match name {
-                "consumer_name" => KeyVar::ConsumerName,
+                "consumer_name" | "remote_user" => KeyVar::ConsumerName,
                 "route_id" => KeyVar::RouteId,
                 n if n.to_ascii_lowercase().starts_with("post_arg") => {
                     return Err(format!(
@@ -874,11 +877,13 @@ impl AiRateLimiting {
     }
 
     fn store_failed(&self, e: quota::StoreError) -> Result<(), AttemptRefusal> {
+        // The store logs an outage once when it starts and once when it ends; a line per
+        // request would turn an outage into a flood.
         if self.allow_degradation {
-            log::warn!("ai-rate-limiting: quota store failed ({e}); request admitted uncounted");
+            log::debug!("ai-rate-limiting: quota store failed ({e}); request admitted uncounted");
             return Ok(());
         }
-        log::error!("ai-rate-limiting: quota store failed: {e}");
+        log::debug!("ai-rate-limiting: quota store failed: {e}");
         Err(AttemptRefusal {
             rejection: GatewayError::new(
                 500,

@@ -193,7 +193,8 @@ fn seed_003_load_balancing_priority_max_tokens_embeddings() {
         "{m:?}"
     );
 
-    assert_eq!(models(&gw, "/multi/priority", 3), vec!["gpt-4"; 3]);
+    // Priority 1 serves while its quota lasts (the mock's default answers are small).
+    assert_eq!(models(&gw, "/multi/priority", 2), vec!["gpt-4"; 2]);
 
     for _ in 0..2 {
         let r = gw.chat(
@@ -242,4 +243,76 @@ fn seed_003_health_checks() {
         );
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
+}
+
+/// The seed's answer: 23 prompt + 8 completion = 31 tokens, over the 10-token quotas.
+fn seed_usage(mock: &Mock) {
+    mock.set(json!({"prompt_tokens": 23, "completion_tokens": 8}));
+}
+
+fn ask_as(gw: &Gateway, path: &str, key: &str) -> Resp {
+    gw.chat_with(
+        path,
+        &[("apikey", key)],
+        &json!({"messages": [
+            { "role": "system", "content": "You are a mathematician" },
+            { "role": "user", "content": "What is 1+1?" }
+        ]}),
+    )
+}
+
+fn model_of(r: &Resp) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["model"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn seed_003_instance_priority_and_rate_limiting() {
+    let (mock, gw) = start();
+    seed_usage(&mock);
+    let r = gw.chat(
+        "/multi/priority",
+        &json!({"messages": [
+            { "role": "system", "content": "You are a mathematician" },
+            { "role": "user", "content": "What is 1+1?" }
+        ]}),
+    );
+    assert_eq!(model_of(&r), "gpt-4");
+    assert_eq!(r.header("x-ai-ratelimit-limit-openai-instance"), Some("10"));
+    // 31 tokens spent a 10-token quota: within the minute, DeepSeek serves.
+    assert_eq!(models(&gw, "/multi/priority", 3), vec!["deepseek-chat"; 3]);
+}
+
+#[test]
+fn seed_003_load_balance_and_rate_limit_by_consumers() {
+    let (mock, gw) = start();
+    seed_usage(&mock);
+    let no_key = gw.chat(
+        "/multi/consumers",
+        &json!({"messages": [{ "role": "user", "content": "What is 1+1?" }]}),
+    );
+    assert_eq!(no_key.status, 401, "{}", no_key.text());
+
+    // The two instances take turns. Once openai-instance has served johndoe, his 10 tokens there
+    // are spent: all his requests in the minute go to deepseek-instance.
+    let john = |_| model_of(&ask_as(&gw, "/multi/consumers", "john-key"));
+    let before: Vec<String> = (0..2).map(john).collect();
+    assert!(before.contains(&"gpt-4".to_string()), "{before:?}");
+    assert_eq!(
+        (0..4).map(john).collect::<Vec<_>>(),
+        vec!["deepseek-chat"; 4]
+    );
+
+    // janedoe's quota is her own, on deepseek-instance: johndoe's spending does not touch it, and
+    // once deepseek-instance has served her, she goes to openai-instance.
+    let jane = |_| model_of(&ask_as(&gw, "/multi/consumers", "jane-key"));
+    let mut seen = Vec::new();
+    while !seen.contains(&"deepseek-chat".to_string()) {
+        assert!(
+            seen.len() < 4,
+            "deepseek-instance never served janedoe: {seen:?}"
+        );
+        seen.push(jane(0));
+    }
+    assert_eq!((0..4).map(jane).collect::<Vec<_>>(), vec!["gpt-4"; 4]);
 }
