@@ -23,5 +23,6 @@ mod readme_examples;
 mod redis_quota;
 mod redis_server;
 mod routing;
+mod shared_quota;
 mod streaming;
 mod tls;
