@@ -490,6 +490,64 @@ fn two_routes_with_the_same_config_and_two_routes_of_one_service_never_share_a_c
     }
 }
 
+/// Routes `/r1` and `/r2` behind key-auth with `ai-rate-limiting: {limit: 60}`; consumer jack
+/// (key `jack-key`) has his own `{limit: 20}`, jill (`jill-key`) has none.
+fn consumer_quotas(mock: &Mock) -> String {
+    let route = |id: &str| {
+        format!(
+            "  - id: {id}\n    uri: /{id}\n    plugins:\n      key-auth: {{}}\n      ai-proxy:\n        provider: openai-compatible\n        auth: {{ header: {{ Authorization: \"Bearer k\" }} }}\n        override: {{ endpoint: \"{}\" }}\n      ai-rate-limiting: {{limit: 60, time_window: 60}}\n",
+            mock.chat_url()
+        )
+    };
+    format!(
+        "routes:\n{}{}consumers:\n  - username: jack\n    plugins:\n      key-auth: {{ key: jack-key }}\n      ai-rate-limiting: {{limit: 20, time_window: 60, rejected_code: 429}}\n  - username: jill\n    plugins:\n      key-auth: {{ key: jill-key }}\n",
+        route("r1"),
+        route("r2")
+    )
+}
+
+#[test]
+fn a_consumers_quota_replaces_the_routes_and_follows_the_consumer_across_routes() {
+    let mock = mock10("m");
+    let gw = Gateway::start(&consumer_quotas(&mock));
+    let as_ = |who: &str, path: &str| gw.chat_with(path, &[("apikey", who)], &body());
+    // jack's own 20 tokens, counted for him whichever route he uses: one answer on each route
+    // (10 + 10), then his 429 on both.
+    let r = as_("jack-key", "/r1");
+    assert_eq!(served(&r), 10);
+    assert_eq!(limit_remaining(quota(&r, SINGLE)), (20, 7));
+    let r = as_("jack-key", "/r2");
+    assert_eq!(served(&r), 10);
+    assert_eq!(limit_remaining(quota(&r, SINGLE)), (20, 0));
+    for path in ["/r1", "/r2"] {
+        let no = as_("jack-key", path);
+        assert_eq!(no.openai_error(429)["code"], "rate_limit_exceeded");
+    }
+    // jill has no quota of her own: the route's 60 applies, per route, untouched by jack.
+    for path in ["/r1", "/r2"] {
+        let r = as_("jill-key", path);
+        assert_eq!(served(&r), 10);
+        assert_eq!(limit_remaining(quota(&r, SINGLE)), (60, 47));
+    }
+    assert_eq!(mock.llm_requests().len(), 4);
+}
+
+#[test]
+fn a_rule_keyed_by_consumer_name_counts_each_consumer_apart() {
+    let mock = mock10("m");
+    let gw = Gateway::start(&format!(
+        "routes:\n  - id: chat\n    uri: /chat\n    plugins:\n      key-auth: {{}}\n      ai-proxy:\n        provider: openai-compatible\n        auth: {{ header: {{ Authorization: \"Bearer k\" }} }}\n        override: {{ endpoint: \"{}\" }}\n      ai-rate-limiting:\n        rules: [{{count: 10, time_window: 60, key: $remote_user, header_prefix: user}}]\nconsumers:\n  - username: jack\n    plugins: {{ key-auth: {{ key: jack-key }} }}\n  - username: jill\n    plugins: {{ key-auth: {{ key: jill-key }} }}\n",
+        mock.chat_url()
+    ));
+    let as_ = |who: &str| gw.chat_with("/chat", &[("apikey", who)], &body());
+    for who in ["jack-key", "jill-key"] {
+        let r = as_(who);
+        assert_eq!(served(&r), 10, "{who}");
+        assert_eq!(limit_remaining(rule_quota(&r, "user")), (10, 0));
+        assert_eq!(as_(who).status, 503, "{who} spent their own 10");
+    }
+}
+
 #[test]
 fn passthrough_routes_are_counted_and_refused_too() {
     let llm = mock10("llm");
