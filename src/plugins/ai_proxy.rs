@@ -130,4 +130,8 @@ impl Plugin for Arc<AiProxy> {
     fn credentials(&self) -> Vec<String> {
         self.instance.credentials()
     }
+
+    fn instance_names(&self) -> Vec<&str> {
+        vec![self.instance.name.as_str()]
+    }
 }

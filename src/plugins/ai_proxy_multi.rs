@@ -469,4 +469,8 @@ impl Plugin for Arc<AiProxyMulti> {
     fn probes(&self) -> Vec<Arc<ActiveProbe>> {
         AiProxyMulti::probes(self).cloned().collect()
     }
+
+    fn instance_names(&self) -> Vec<&str> {
+        self.instances.iter().map(|i| i.llm.name.as_str()).collect()
+    }
 }

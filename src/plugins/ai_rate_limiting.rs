@@ -38,6 +38,7 @@ use http::{HeaderName, HeaderValue};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+use super::chain::Chain;
 use super::ctx::{LlmCall, PluginCtx, PluginRequest};
 use super::registry::{self, Owner, Registration};
 use super::{AttemptRefusal, Plugin};
@@ -945,6 +946,36 @@ impl Plugin for AiRateLimiting {
 
     fn priority(&self) -> i32 {
         REGISTRATION.priority
+    }
+
+    /// On a route (or a service), the quota needs the LLM plugin it counts for, and an instance
+    /// quota must name one of its instances: otherwise it would never count anything. (A
+    /// consumer's quota is not checked here: it applies on whichever routes the consumer uses.)
+    fn check_route(&self, chain: &Chain) -> Result<(), ConfigError> {
+        let Some(llm) = chain.plugins().iter().find(|p| p.serves_request()) else {
+            return Err(ConfigError::new(
+                "",
+                "counts LLM tokens: the route needs ai-proxy or ai-proxy-multi",
+            ));
+        };
+        let Quotas::Instances { own, .. } = &self.quotas else {
+            return Ok(());
+        };
+        let names = llm.instance_names();
+        for (i, q) in own.iter().enumerate() {
+            if !names.contains(&q.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("instances[{i}].name"),
+                    format!(
+                        "{:?} is not an instance of this route's {} (its instances: {})",
+                        q.name,
+                        llm.name(),
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Resolve the request's scope and rule keys while the request's variables are at hand;

@@ -94,6 +94,20 @@ pub trait Plugin: Send + Sync + 'static {
     fn probes(&self) -> Vec<Arc<ActiveProbe>> {
         Vec::new()
     }
+
+    /// The LLM instances this plugin serves, by the names quotas and headers use
+    /// (`ai-proxy-<provider>` for ai-proxy, each instance's `name` for ai-proxy-multi).
+    fn instance_names(&self) -> Vec<&str> {
+        Vec::new()
+    }
+
+    /// Check this plugin against the route's whole chain (itself included), once the route's,
+    /// its service's and the plugin's places are known: a setting that could never apply on this
+    /// route is refused. The error's path is relative to the plugin's config (`""` for the plugin
+    /// itself, `"instances[0].name"`); the caller puts the plugin's path in front.
+    fn check_route(&self, _chain: &Chain) -> Result<(), ConfigError> {
+        Ok(())
+    }
 }
 
 /// A plugin's refusal of an attempt's instance (`before_attempt`).

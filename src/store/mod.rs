@@ -218,6 +218,21 @@ fn compile_route(
         .filter(|p| p.serves_request())
         .map(|p| p.name())
         .collect();
+    for p in chain.plugins() {
+        if let Err(e) = p.check_route(&chain) {
+            // Name the plugin where it was written: on the route, else on its service.
+            let owner = if own.iter().any(|o| o.name() == p.name()) {
+                path.to_string()
+            } else {
+                service_path.clone()
+            };
+            let at = match e.path.as_str() {
+                "" => format!("{owner}.plugins.{}", p.name()),
+                sub => format!("{owner}.plugins.{}.{sub}", p.name()),
+            };
+            return Err(ConfigError::new(at, e.message));
+        }
+    }
     if serving.len() > 1 {
         return Err(err(
             ".plugins",

@@ -585,8 +585,12 @@ fn config_errors_name_their_path() {
             "routes[0].plugins.ai-rate-limiting.rejected_code: must be between 200 and 599, not 600",
         ),
         (
-            "{limit: 10, time_window: 60, policy: redis, redis_host: 127.0.0.1}",
-            "routes[0].plugins.ai-rate-limiting.policy: policy redis needs the Redis store",
+            "{limit: 10, time_window: 60, policy: redis, redis_host: 127.0.0.1, redis_port: 0}",
+            "routes[0].plugins.ai-rate-limiting.redis_port: must be a port between 1 and 65535, not 0",
+        ),
+        (
+            "{instances: [{name: openai-instance, limit: 10, time_window: 60}]}",
+            "routes[0].plugins.ai-rate-limiting.instances[0].name: \"openai-instance\" is not an instance of this route's ai-proxy (its instances: ai-proxy-openai-compatible)",
         ),
     ] {
         let port = free_port();
@@ -595,4 +599,53 @@ fn config_errors_name_their_path() {
         assert!(!ok, "{rl} was accepted");
         assert!(out.contains(want), "{rl}:\n{out}");
     }
+    // Checked against the route's whole chain, naming where the plugin was written.
+    let typo = "{instances: [{name: a, limit: 1, time_window: 1}, {name: typo, limit: 1, time_window: 1}]}";
+    let on_service = format!(
+        "{}services:\n  - id: svc\n    plugins:\n      ai-rate-limiting: {typo}\n",
+        multi(
+            "",
+            &[("a", &mock, 0), ("b", &mock, 0)],
+            "{limit: 1, time_window: 1}"
+        )
+        .replace(
+            "    plugins:\n      ai-rate-limiting: {limit: 1, time_window: 1}\n",
+            "    service_id: svc\n    plugins:\n"
+        )
+    );
+    for (resources, want) in [
+        (
+            multi("", &[("a", &mock, 0), ("b", &mock, 0)], typo),
+            "routes[0].plugins.ai-rate-limiting.instances[1].name: \"typo\" is not an instance of this route's ai-proxy-multi (its instances: a, b)",
+        ),
+        (
+            on_service,
+            "services[0].plugins.ai-rate-limiting.instances[1].name: \"typo\" is not an instance",
+        ),
+        (
+            format!(
+                "routes:\n  - id: plain\n    uri: /x\n    plugins:\n      ai-rate-limiting: {{limit: 1, time_window: 1}}\n    upstream: {{ nodes: {{ \"127.0.0.1:{}\": 1 }} }}\n",
+                mock.port
+            ),
+            "routes[0].plugins.ai-rate-limiting: counts LLM tokens: the route needs ai-proxy or ai-proxy-multi",
+        ),
+    ] {
+        let text = config_text(free_port(), &scratch_dir(), &resources, &GatewayOpts::default());
+        let (ok, out) = check_config(&text, &[]);
+        assert!(!ok, "{resources} was accepted");
+        assert!(out.contains(want), "{resources}:\n{out}");
+    }
+    // A consumer's instance quota is not tied to one route: any names load.
+    let consumer = format!(
+        "{}consumers:\n  - username: jack\n    plugins:\n      key-auth: {{ key: k }}\n      ai-rate-limiting: {typo}\n",
+        single(&mock, "{limit: 1, time_window: 1}")
+    );
+    let text = config_text(
+        free_port(),
+        &scratch_dir(),
+        &consumer,
+        &GatewayOpts::default(),
+    );
+    let (ok, out) = check_config(&text, &[]);
+    assert!(ok, "{out}");
 }
