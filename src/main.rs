@@ -2,12 +2,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// aigate: an AI gateway on Cloudflare Pingora, configured like Apache APISIX's ai-proxy.
+/// aigate: an AI gateway on Cloudflare Pingora, configured like Apache APISIX's AI plugins.
 ///
 /// It proxies OpenAI-format chat-completion and embedding requests to LLM providers (OpenAI,
 /// DeepSeek, Anthropic, Gemini, Vertex AI, Azure OpenAI, OpenRouter, AIMLAPI, any
 /// OpenAI-compatible server), rewriting model, options, auth and endpoint per route, streaming
-/// answers back and counting tokens.
+/// answers back, counting tokens and enforcing token quotas per route and per consumer.
 #[derive(Parser, Debug)]
 #[command(name = "aigate", version, after_long_help = AFTER_HELP)]
 struct Cli {
@@ -46,8 +46,16 @@ Config file sections:
             max_header_size (65536 bytes), max_connections (from the fd limit),
             dns {nameservers, timeout, min_ttl, max_ttl, error_ttl}
   routes:   APISIX route objects (uri/uris/paths, methods, hosts, vars, priority, service_id,
-            plugins: {ai-proxy: ...}, upstream)
+            plugins, upstream)
   services: APISIX service objects (id, plugins, upstream)
+  consumers: APISIX consumers (username, desc, labels, plugins, credentials [{id, plugins}])
+
+Plugins (by the order they run in, APISIX priority):
+  key-auth          2500  names the consumer from the apikey header or query parameter
+  ai-rate-limiting  1030  token quotas per instance, per rule key, per route or consumer;
+                          counted in this process or shared through Redis (policy: redis)
+  ai-proxy           999  one LLM provider instance
+  ai-proxy-multi     998  several instances: priority, weights, fallback, health checks
 
 Signals:
   SIGTERM  graceful shutdown (in-flight requests finish within the grace period)

@@ -34,7 +34,6 @@ use std::fmt;
 /// Deepest nesting accepted (parentheses, unary minus, function calls): keeps the recursive
 /// parser and evaluator far from the stack's end whatever the config says.
 pub const MAX_DEPTH: usize = 64;
-/// Longest expression accepted, in bytes.
 /// Longest expression accepted, in bytes (a chain of `+` nests the tree one level per operator,
 /// so this also bounds the evaluator's recursion).
 pub const MAX_LEN: usize = 1024;
