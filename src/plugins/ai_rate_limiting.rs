@@ -885,14 +885,25 @@ impl AiRateLimiting {
             return Ok(());
         }
         log::debug!("ai-rate-limiting: quota store failed: {e}");
+        // As a spent quota: the rejected code (APISIX's behaviour with allow_degradation off),
+        // with a message and code that say why, and a short Retry-After.
+        let message = self.rejected_msg.clone().unwrap_or_else(|| {
+            "the token quota could not be checked (its store is unavailable); retry later".into()
+        });
+        let mut headers = Vec::new();
+        if matches!(self.rejected_code, 429 | 503) {
+            headers.push((http::header::RETRY_AFTER, HeaderValue::from(1u64)));
+        }
         Err(AttemptRefusal {
-            rejection: GatewayError::new(
-                500,
-                "api_error",
-                "quota_store_unavailable",
-                "the token quota could not be checked",
-            )
-            .into(),
+            rejection: Rejection {
+                error: GatewayError::new(
+                    self.rejected_code,
+                    "rate_limit_error",
+                    "quota_store_unavailable",
+                    message,
+                ),
+                headers,
+            },
             try_another: false,
         })
     }

@@ -46,6 +46,9 @@ pub struct RequestCtx {
     /// The body's share of `gateway.max_inflight_body_bytes`, held while the body is (until the
     /// request ends, when dropping the context gives it back).
     pub body_reservation: Option<Reservation>,
+    /// A plugin refused the request (a spent quota): the gateway's decision, answered to the
+    /// client and in the access log, not an error for the error log.
+    pub refused: bool,
 }
 
 impl RequestCtx {
@@ -72,6 +75,7 @@ impl RequestCtx {
             max_body_size: crate::config::schema::DEFAULT_MAX_BODY_SIZE,
             stale_retry: false,
             body_reservation: None,
+            refused: false,
         }
     }
 }

@@ -309,7 +309,12 @@ impl ProxyHttp for Gateway {
             .is_some_and(|l| l.multi().is_some())
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+        // A plugin's refusal (a spent quota) is the gateway working as configured: a line per
+        // refused request would flood the error log exactly when clients push hardest.
+        if ctx.refused {
+            return true;
+        }
         // A client that hangs up is not a gateway error: the access log records it as 499.
         e.esource() == &pingora_error::ErrorSource::Downstream
             && matches!(

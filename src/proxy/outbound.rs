@@ -170,6 +170,7 @@ pub async fn attempt(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
         ctx.plugins
             .response_headers
             .extend(refusal.rejection.headers);
+        ctx.refused = true;
         return Err(refusal.rejection.error);
     }
 }

@@ -140,6 +140,11 @@ fn limit_30_with_10_token_answers_serves_three_then_refuses_with_the_quota_heade
         3,
         "the refused request never reached the provider"
     );
+    // A refusal is the gateway doing its job: in the access log, not an error-log line.
+    let lines = gw.log_lines(4);
+    assert!(lines[3].contains(" 503 "), "{lines:?}");
+    let errors = gw.error_log();
+    assert!(!errors.contains("ERROR"), "{errors}");
 }
 
 #[test]

@@ -168,9 +168,14 @@ fn redis_down_without_degradation_refuses_within_the_timeout_and_recovers() {
             took < Duration::from_millis(TIMEOUT_MS) + MARGIN,
             "{took:?}"
         );
-        let e = r.openai_error(500);
+        // The plugin's rejected code (503 by default), saying why.
+        let e = r.openai_error(503);
         assert_eq!(e["code"], "quota_store_unavailable");
-        assert_eq!(e["message"], "the token quota could not be checked");
+        assert_eq!(
+            e["message"],
+            "the token quota could not be checked (its store is unavailable); retry later"
+        );
+        assert_eq!(r.header("retry-after"), Some("1"));
     }
     assert_eq!(
         mock.llm_requests().len(),
@@ -179,11 +184,14 @@ fn redis_down_without_degradation_refuses_within_the_timeout_and_recovers() {
     );
     let log = gw.error_log();
     assert_eq!(
-        log.lines().filter(|l| l.contains("is unavailable")).count(),
+        log.lines()
+            .filter(|l| l.contains("is unavailable:"))
+            .count(),
         1,
-        "{log}"
+        "one line per outage, not per request:\n{log}"
     );
     assert!(log.contains("allow_degradation is off"), "{log}");
+    assert!(!log.contains("ERROR"), "a refusal is not an error:\n{log}");
 
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -192,7 +200,7 @@ fn redis_down_without_degradation_refuses_within_the_timeout_and_recovers() {
         if r.status == 200 {
             break;
         }
-        assert_eq!(r.status, 500, "{}", r.text());
+        assert_eq!(r.status, 503, "{}", r.text());
         assert!(Instant::now() < deadline, "Redis never picked up again");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -210,7 +218,7 @@ fn a_redis_password_never_reaches_a_log_or_an_answer() {
     wait_counted_auth(&redis, 10);
     redis.kill();
     let (r, _) = ask(&gw);
-    assert_eq!(r.status, 500);
+    assert_eq!(r.status, 503);
     assert!(!r.text().contains("s3cret-pw"));
     let wrong = Gateway::start(&route(
         &mock,
@@ -219,7 +227,7 @@ fn a_redis_password_never_reaches_a_log_or_an_answer() {
     ));
     redis.restart();
     let (r, _) = ask(&wrong);
-    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.status, 503, "{}", r.text());
     for log in [gw.error_log(), wrong.error_log()] {
         assert!(!log.contains("s3cret-pw"), "{log}");
     }
