@@ -444,9 +444,7 @@ impl Plugin for Arc<AiProxyMulti> {
         ctx: &mut PluginCtx,
     ) -> Result<(), Rejection> {
         if let Some(body) = req.body.take() {
-            let mut view = req.view();
-            view.consumer = ctx.consumer.as_ref().map(|c| c.username.as_str());
-            let key = self.hash_key(&view);
+            let key = self.hash_key(&req.view(ctx));
             let call = LlmCall::new(
                 LlmPlugin::Multi(self.clone()),
                 body,

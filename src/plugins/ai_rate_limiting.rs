@@ -1009,7 +1009,7 @@ impl Plugin for AiRateLimiting {
         };
         let mut rule_keys = Vec::new();
         if let Quotas::Rules(rules) = &self.quotas {
-            let view = req.view();
+            let view = req.view(ctx);
             for (i, r) in rules.iter().enumerate() {
                 let mut key = format!("{scope}/{}/", r.id);
                 if r.key.resolve(&view, ctx, &mut key) {

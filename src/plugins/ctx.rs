@@ -55,9 +55,12 @@ pub struct PluginRequest<'a> {
 }
 
 impl PluginRequest<'_> {
-    /// The request's variables (`vars`, hash keys), as the router reads them.
-    pub fn view(&self) -> RequestView<'_> {
-        RequestView::of(self.header, self.client_ip, self.server_port, None)
+    /// The request's variables (`vars`, hash keys), as the router reads them, with the consumer
+    /// an authentication plugin identified (`$consumer_name`, `$remote_user`).
+    pub fn view<'v>(&'v self, ctx: &'v PluginCtx) -> RequestView<'v> {
+        let mut view = RequestView::of(self.header, self.client_ip, self.server_port, None);
+        view.consumer = ctx.consumer.as_ref().map(|c| c.username.as_str());
+        view
     }
 }
 

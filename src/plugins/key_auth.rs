@@ -128,7 +128,7 @@ impl Plugin for KeyAuth {
             let (key, in_query): (&[u8], bool) = match key_header {
                 Some(v) => (v.as_bytes(), false),
                 None => {
-                    from_query = self.query_var.read_string(&req.view());
+                    from_query = self.query_var.read_string(&req.view(ctx));
                     match &from_query {
                         Some(k) => (k.as_bytes(), true),
                         None => {
