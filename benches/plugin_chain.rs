@@ -14,7 +14,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use aigate::llm::request::LlmRequest;
 use aigate::llm::usage::Usage;
 use aigate::plugins::{PluginCtx, PluginRequest};
-use aigate::store::Snapshot;
+use aigate::runtime::Snapshot;
 
 const CONFIG: &str = r#"
 routes:

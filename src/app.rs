@@ -13,13 +13,17 @@ use crate::downstream::{fdlimit, Downstream};
 use crate::observability::access_log::{AccessLog, AccessLogService};
 use crate::proxy::body_budget::BodyBudget;
 use crate::proxy::Gateway;
-use crate::store::{Snapshot, Store};
+use crate::resources::Resources;
+use crate::runtime::Store;
 
 /// Everything validated from the config, ready to serve.
 pub struct Prepared {
     pub server_conf: ServerConf,
-    pub snapshot: Snapshot,
+    /// The live configuration, compiled from the file's resources.
+    pub store: Store,
     pub gateway: GatewaySettings,
+    /// Re-read on SIGHUP.
+    pub config_path: String,
 }
 
 /// Load and fully validate a config file. Nothing is opened or written.
@@ -28,26 +32,27 @@ pub fn prepare(path: &str) -> Result<Prepared, ConfigError> {
     // Any message below may quote a value that came from the environment (an API key put in the
     // wrong field): redact them all in one place.
     let secrets = loaded.secrets.clone();
-    let prepared = validate(loaded).map_err(|e| ConfigError {
+    // Every credential the config holds is scrubbed from the error log from now on, whatever
+    // component (Pingora included) would print it (the store does it on every change). Only
+    // credentials: other env values, such as a listen address, are redacted from config errors
+    // but are useful in the error log.
+    validate(loaded, path).map_err(|e| ConfigError {
         message: config::env::redact(&e.message, &secrets),
         ..e
-    })?;
-    // Every credential the config holds is scrubbed from the error log from now on, whatever
-    // component (Pingora included) would print it. (Only credentials: other env values, such as a
-    // listen address, are redacted from config errors but are useful in the error log.)
-    crate::observability::redact::set_secrets(prepared.snapshot.credentials());
-    Ok(prepared)
+    })
 }
 
-fn validate(loaded: config::Loaded) -> Result<Prepared, ConfigError> {
+fn validate(loaded: config::Loaded, path: &str) -> Result<Prepared, ConfigError> {
     let gateway = GatewaySettings::from_conf(&loaded.file.gateway)?;
     // Before the config is compiled: its health probes get their connectors as they are built.
     crate::net::tls::init(&loaded.server);
-    let snapshot = Snapshot::build(&loaded.file)?;
+    let resources = Resources::from_file(&loaded.file, &loaded.raw)?;
+    let store = Store::new(resources)?;
     Ok(Prepared {
         server_conf: loaded.server,
-        snapshot,
+        store,
         gateway,
+        config_path: path.to_string(),
     })
 }
 
@@ -84,7 +89,7 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
     let mut server = Server::new_with_opt_and_conf(opt, prepared.server_conf);
     server.bootstrap();
 
-    let store = Arc::new(Store::new(prepared.snapshot));
+    let store = Arc::new(prepared.store);
     let gateway = Gateway {
         store: store.clone(),
         access_log: access_log.clone(),

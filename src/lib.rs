@@ -2,7 +2,9 @@
 //!
 //! Module map (one concern each):
 //! - `config`: the config file's schema, env substitution, loading with field paths.
-//! - `store`: config compiled into a validated runtime snapshot, swapped atomically.
+//! - `resources`: the desired state: routes, services, upstreams, consumers, credentials by id.
+//! - `runtime`: the resources compiled into the snapshot requests use, swapped atomically.
+//! - `sources`: what feeds the resources: the config file (and SIGHUP), the admin API, the stores.
 //! - `router`: APISIX route matching (uris, hosts, methods, `vars`).
 //! - `plugins`: APISIX plugins behind one `Plugin` trait, run as a chain in priority order.
 //! - `providers`: one driver per LLM provider, provider instances, GCP auth.
@@ -28,5 +30,7 @@ pub mod plugins;
 pub mod providers;
 pub mod proxy;
 pub mod quota;
+pub mod resources;
 pub mod router;
-pub mod store;
+pub mod runtime;
+pub mod sources;

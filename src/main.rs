@@ -101,7 +101,7 @@ fn main() -> ExitCode {
         println!(
             "aigate: config {} is valid ({} routes)",
             cli.conf,
-            prepared.snapshot.routes.len()
+            prepared.store.load().routes.len()
         );
         return ExitCode::SUCCESS;
     }

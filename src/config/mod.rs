@@ -48,6 +48,8 @@ pub struct Loaded {
     pub server: ServerConf,
     /// Values substituted from the environment; redacted from any later error message.
     pub secrets: Vec<String>,
+    /// The substituted document as JSON (the resources as written, for the admin API).
+    pub raw: serde_json::Value,
 }
 
 /// Read, substitute and parse a config file.
@@ -83,10 +85,13 @@ pub fn parse_str(
         }
     };
     let server = server_conf(file.server.as_ref()).map_err(redact)?;
+    // The same document as plain JSON: what the admin API shows of the file's resources.
+    let raw = serde_yaml::from_str(&sub.text).unwrap_or(serde_json::Value::Null);
     Ok(Loaded {
         file,
         server,
         secrets,
+        raw,
     })
 }
 
@@ -259,7 +264,7 @@ mod tests {
     /// Parse and compile (plugins are checked by their registry when the config is compiled).
     fn compile(text: &str) -> Result<(), ConfigError> {
         let loaded = parse_str(text, &no_env)?;
-        crate::store::Snapshot::build(&loaded.file).map(|_| ())
+        crate::runtime::Snapshot::build(&loaded.file).map(|_| ())
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct FileConfig {
     pub services: Vec<ServiceConf>,
     #[serde(default)]
     pub consumers: Vec<ConsumerConf>,
+    /// APISIX upstream objects that routes and services name by `upstream_id`.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConf>,
 }
 
 /// An APISIX consumer: who requests come from once an authentication plugin identified them.
@@ -267,6 +270,9 @@ pub struct RouteConf {
     pub plugins: Option<PluginsConf>,
     #[serde(default)]
     pub upstream: Option<UpstreamConf>,
+    /// An upstream object by id (instead of an inline `upstream`).
+    #[serde(default)]
+    pub upstream_id: Option<Id>,
     #[serde(default)]
     pub timeout: Option<TimeoutConf>,
     #[serde(default)]
@@ -294,6 +300,9 @@ pub struct ServiceConf {
     pub plugins: Option<PluginsConf>,
     #[serde(default)]
     pub upstream: Option<UpstreamConf>,
+    /// An upstream object by id (instead of an inline `upstream`).
+    #[serde(default)]
+    pub upstream_id: Option<Id>,
     #[serde(default)]
     pub enable_websocket: Option<bool>,
     #[serde(default)]
@@ -462,6 +471,10 @@ pub struct UpstreamConf {
     pub keepalive_pool: Option<UpstreamKeepalive>,
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub create_time: Option<i64>,
+    #[serde(default)]
+    pub update_time: Option<i64>,
 }
 
 /// `nodes` is either `{"host:port": weight}` or `[{host, port, weight, priority}]`.

@@ -10,7 +10,7 @@ use super::body_budget::Reservation;
 use super::errors::GatewayError;
 use super::replay::ReplayToken;
 use crate::plugins::PluginCtx;
-use crate::store::{Route, Snapshot};
+use crate::runtime::{Route, Snapshot};
 
 pub struct RequestCtx {
     pub started: Instant,

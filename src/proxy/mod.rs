@@ -24,7 +24,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::observability::access_log::AccessLog;
 use crate::observability::request_id;
-use crate::store::Store;
+use crate::runtime::Store;
 use ctx::RequestCtx;
 use request::Verdict;
 

@@ -21,7 +21,7 @@ use crate::net::peer::http_peer;
 use crate::plugins::ctx::{LlmCall, ResponseTap};
 use crate::providers::instance::LlmInstance;
 use crate::providers::vertex_ai;
-use crate::store::upstream::PassHost;
+use crate::runtime::upstream::PassHost;
 
 /// Request headers never forwarded: hop-by-hop ones, and those the gateway recomputes. Names,
 /// not strings: removing by `&str` parses the name again on every request.

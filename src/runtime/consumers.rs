@@ -8,12 +8,22 @@ use crate::config::schema::ConsumerConf;
 use crate::config::ConfigError;
 use crate::plugins::consumer::{Consumer, Consumers, Credential};
 use crate::plugins::{registry, Owner, Plugin};
+use crate::resources::{Kind, Resource, Resources, Typed};
 
-pub fn compile(confs: &[ConsumerConf]) -> Result<Consumers, ConfigError> {
+pub fn compile(resources: &Resources) -> Result<Consumers, ConfigError> {
     let mut out = Consumers::default();
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    for (i, c) in confs.iter().enumerate() {
-        let path = format!("consumers[{i}]");
+    let mut list: Vec<(&Resource, &ConsumerConf)> = resources
+        .map(Kind::Consumers)
+        .values()
+        .filter_map(|r| match &r.typed {
+            Typed::Consumer(c) => Some((r, &**c)),
+            _ => None,
+        })
+        .collect();
+    list.sort_by_key(|(r, _)| r.created_index);
+    for (i, (r, c)) in list.into_iter().enumerate() {
+        let path = r.path.to_string();
         // APISIX's username pattern: it becomes `$consumer_name`, log fields and counter keys.
         if c.username.is_empty()
             || !c
@@ -44,8 +54,16 @@ pub fn compile(confs: &[ConsumerConf]) -> Result<Consumers, ConfigError> {
                 None => plugins.push(registry::build(name, value, &ppath, &owner)?),
             }
         }
-        for (j, cred) in c.credentials.iter().flatten().enumerate() {
-            let cpath = format!("{path}.credentials[{j}]");
+        let prefix = format!("{}/", c.username);
+        let creds = resources
+            .map(Kind::Credentials)
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix));
+        for (_, cr) in creds {
+            let Typed::Credential { conf: cred, .. } = &cr.typed else {
+                continue;
+            };
+            let cpath = cr.path.to_string();
             if cred.plugins.is_empty() {
                 return Err(ConfigError::new(
                     format!("{cpath}.plugins"),
