@@ -15,6 +15,8 @@ use crate::proxy::body_budget::BodyBudget;
 use crate::proxy::Gateway;
 use crate::resources::Resources;
 use crate::runtime::Store;
+use crate::sources::data_dir::DataDir;
+use crate::sources::file::ReloadOnHangup;
 
 /// Everything validated from the config, ready to serve.
 pub struct Prepared {
@@ -46,7 +48,15 @@ fn validate(loaded: config::Loaded, path: &str) -> Result<Prepared, ConfigError>
     let gateway = GatewaySettings::from_conf(&loaded.file.gateway)?;
     // Before the config is compiled: its health probes get their connectors as they are built.
     crate::net::tls::init(&loaded.server);
-    let resources = Resources::from_file(&loaded.file, &loaded.raw)?;
+    let mut resources = Resources::from_file(&loaded.file, &loaded.raw)?;
+    // What the admin API stored, next to the file's (one id in both is refused).
+    let data_dir = DataDir::new(&loaded.file.gateway.data_dir);
+    let stored = data_dir
+        .load()
+        .map_err(|m| ConfigError::new("gateway.data_dir", m))?;
+    resources
+        .merge_stored(stored)
+        .map_err(|m| ConfigError::new("gateway.data_dir", m))?;
     let store = Store::new(resources)?;
     Ok(Prepared {
         server_conf: loaded.server,
@@ -114,7 +124,15 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
     // Active health probes of whatever config is live (ai-proxy-multi `checks.active`).
     server.add_service(background_service(
         "aigate health checks",
-        HealthCheckService(store),
+        HealthCheckService(store.clone()),
+    ));
+    // SIGHUP re-reads the config file's resources.
+    server.add_service(background_service(
+        "aigate config reload",
+        ReloadOnHangup {
+            path: prepared.config_path.clone(),
+            store,
+        },
     ));
 
     if !daemon {

@@ -369,6 +369,35 @@ impl Resources {
         &map[&id]
     }
 
+    /// Add a resource a store kept (the data_dir, etcd), with its revision indexes. A value that
+    /// no longer parses is an error naming the resource; the caller logs it and skips it.
+    pub fn insert_stored(
+        &mut self,
+        kind: Kind,
+        id: String,
+        value: Value,
+        created_index: u64,
+        modified_index: u64,
+    ) -> Result<(), ConfigError> {
+        let path: Arc<str> = format!("{}/{id}", kind.as_str()).into();
+        let typed = parse(kind, &id, &value)
+            .map_err(|e| ConfigError::new(format!("{path}.{}", e.path), e.message))?;
+        self.index = self.index.max(modified_index);
+        self.maps[kind.slot()].insert(
+            id,
+            Resource {
+                fingerprint: fingerprint(&typed),
+                value: Arc::new(value),
+                typed,
+                origin: Origin::Admin,
+                created_index,
+                modified_index,
+                path,
+            },
+        );
+        Ok(())
+    }
+
     /// Add the resources of another origin (the data_dir or etcd) to these (the file's). One id
     /// in both is refused, naming it.
     pub fn merge_stored(&mut self, stored: Resources) -> Result<(), String> {

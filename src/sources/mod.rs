@@ -3,6 +3,9 @@
 //! wrote (`gateway.data_dir`, or etcd for a cluster). Every one of them changes the
 //! configuration through `Store::apply` / `Store::replace_origin`.
 
+pub mod data_dir;
+pub mod file;
+
 use crate::resources::Resources;
 
 /// Where the admin API's resources are kept, written before a change is published.

@@ -15,6 +15,7 @@ mod dns;
 mod dns_server;
 mod errors;
 mod limits;
+mod live_config;
 mod multi;
 mod passthrough;
 mod providers;

@@ -1,0 +1,171 @@
+//! Live configuration without the admin API: SIGHUP re-reads the config file and applies it
+//! through the same path as every other change, with the running state kept.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::*;
+
+/// An ai-proxy route `uri` -> `mock`, answering as model `model`.
+fn route(id: &str, uri: &str, mock: &Mock, model: &str) -> String {
+    format!(
+        "  - id: {id}\n    uri: {uri}\n    plugins:\n      ai-proxy:\n        provider: openai-compatible\n        auth: {{ header: {{ Authorization: \"Bearer k\" }} }}\n        options: {{ model: {model} }}\n        override: {{ endpoint: \"{}\" }}\n",
+        mock.chat_url()
+    )
+}
+
+fn rewrite(gw: &Gateway, resources: &str) {
+    let text = config_text(gw.port, &gw.dir, resources, &GatewayOpts::default());
+    std::fs::write(gw.dir.join("config.yaml"), text).unwrap();
+}
+
+fn hup(gw: &Gateway) {
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn model(gw: &Gateway, path: &str) -> (u16, String) {
+    let r = gw.chat(path, &chat_body("hi"));
+    let m = if r.status == 200 {
+        r.json()["model"].as_str().unwrap_or("").to_string()
+    } else {
+        String::new()
+    };
+    (r.status, m)
+}
+
+/// Wait until `path` answers `want` (the reload happens in the background).
+fn wait_for(gw: &Gateway, path: &str, want: (u16, &str)) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = model(gw, path);
+        if got.0 == want.0 && got.1 == want.1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path}: {got:?}, want {want:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_applies_a_changed_file_and_refuses_a_bad_one() {
+    let mock = Mock::start("m");
+    let gw = Gateway::start(&format!("routes:\n{}", route("a", "/a", &mock, "one")));
+    assert_eq!(model(&gw, "/a"), (200, "one".into()));
+    assert_eq!(model(&gw, "/b").0, 404);
+
+    rewrite(
+        &gw,
+        &format!(
+            "routes:\n{}{}",
+            route("a", "/a", &mock, "two"),
+            route("b", "/b", &mock, "bee")
+        ),
+    );
+    hup(&gw);
+    wait_for(&gw, "/b", (200, "bee"));
+    assert_eq!(model(&gw, "/a"), (200, "two".into()));
+
+    // A file that does not compile changes nothing, and says why with the field's path.
+    rewrite(
+        &gw,
+        &format!(
+            "routes:\n{}    plugins:\n      ai-proxi: {{}}\n",
+            "  - id: a\n    uri: /a\n"
+        ),
+    );
+    hup(&gw);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gw.error_log().contains("not applied") {
+        assert!(Instant::now() < deadline, "{}", gw.error_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        gw.error_log().contains("routes[0].plugins.ai-proxi"),
+        "{}",
+        gw.error_log()
+    );
+    assert_eq!(model(&gw, "/a"), (200, "two".into()));
+    assert_eq!(model(&gw, "/b"), (200, "bee".into()));
+    // Removing a route: 404 by the next request after the reload.
+    rewrite(&gw, &format!("routes:\n{}", route("a", "/a", &mock, "two")));
+    hup(&gw);
+    wait_for(&gw, "/b", (404, ""));
+}
+
+#[test]
+fn an_instance_cooling_down_stays_out_across_an_unrelated_change() {
+    let good = Mock::start("good");
+    let bad = Mock::start("bad");
+    bad.set(json!({"status": 500}));
+    let multi = format!(
+        "  - id: multi\n    uri: /multi\n    plugins:\n      ai-proxy-multi:\n        fallback_strategy: http_5xx\n        instances:\n          - name: good\n            provider: openai-compatible\n            weight: 1\n            auth: {{ header: {{ Authorization: \"Bearer k\" }} }}\n            options: {{ model: good }}\n            override: {{ endpoint: \"{}\" }}\n          - name: bad\n            provider: openai-compatible\n            weight: 1\n            auth: {{ header: {{ Authorization: \"Bearer k\" }} }}\n            options: {{ model: bad }}\n            override: {{ endpoint: \"{}\" }}\n            checks: {{ passive: {{ unhealthy: {{ http_failures: 2 }} }} }}\n",
+        good.chat_url(),
+        bad.chat_url()
+    );
+    let gw = Gateway::start(&format!("routes:\n{multi}"));
+    // Every request succeeds (falling back to `good`) until `bad` has failed twice and cools down.
+    for _ in 0..6 {
+        assert_eq!(model(&gw, "/multi"), (200, "good".into()));
+    }
+    let failed = bad.llm_requests().len();
+    assert_eq!(failed, 2, "bad is out after its second failure");
+
+    // An unrelated route appears; the multi route's compiled objects and health are kept.
+    rewrite(
+        &gw,
+        &format!("routes:\n{multi}{}", route("other", "/other", &good, "x")),
+    );
+    hup(&gw);
+    wait_for(&gw, "/other", (200, "x"));
+    for _ in 0..6 {
+        assert_eq!(model(&gw, "/multi"), (200, "good".into()));
+    }
+    assert_eq!(
+        bad.llm_requests().len(),
+        failed,
+        "the instance cooling down got no request after the change"
+    );
+}
+
+#[test]
+fn requests_under_a_steady_load_never_fail_while_the_file_is_reloaded() {
+    let mock = Mock::start("m");
+    let gw = Gateway::start(&format!("routes:\n{}", route("a", "/a", &mock, "v0")));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = gw.port;
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = request(
+                        port,
+                        "POST",
+                        "/a",
+                        &[("content-type", "application/json")],
+                        chat_body("hi").to_string().as_bytes(),
+                    );
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for v in 1..=5 {
+        let want = format!("v{v}");
+        rewrite(&gw, &format!("routes:\n{}", route("a", "/a", &mock, &want)));
+        hup(&gw);
+        wait_for(&gw, "/a", (200, &want));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let total: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(total > 10, "{total}");
+}
