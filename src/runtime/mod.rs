@@ -48,9 +48,11 @@ const METHODS: &[&str] = &[
 
 /// Compiled objects by id, with the fingerprints of what they were built from.
 #[derive(Default, Clone)]
+/// Cloned for every change (a failed change leaves the old one intact): keys and values are
+/// shared pointers, so a clone copies the table, not the entries.
 pub struct Cache {
-    services: HashMap<String, (u64, Option<u64>, Arc<Service>)>,
-    routes: HashMap<String, (RouteKey, Arc<Route>, RouteEntry)>,
+    services: HashMap<Arc<str>, Arc<(u64, Option<u64>, Arc<Service>)>>,
+    routes: HashMap<Arc<str>, Arc<(RouteKey, Arc<Route>, RouteEntry)>>,
     consumers: Option<(u64, Arc<Consumers>)>,
 }
 
@@ -81,26 +83,31 @@ impl Snapshot {
     /// Compile `resources`, reusing from `cache` what did not change; `cache` is updated to
     /// what this snapshot uses (on error it may hold new entries: pass a copy).
     pub fn compile(resources: &Resources, cache: &mut Cache) -> Result<Snapshot, ConfigError> {
-        let mut services: HashMap<String, Arc<Service>> = HashMap::new();
+        let mut services: HashMap<&str, Arc<Service>> = HashMap::new();
+        let mut next_services = HashMap::with_capacity(cache.services.len());
         for (id, r) in resources.map(Kind::Services) {
             let Typed::Service(conf) = &r.typed else {
                 continue;
             };
             let up_fp = upstream_fp(resources, conf.upstream_id.as_ref());
-            let service = match cache.services.get(id) {
-                Some((fp, ufp, s)) if *fp == r.fingerprint && *ufp == up_fp => s.clone(),
-                _ => Arc::new(Service::build(id, r, conf.clone(), resources)?),
+            let (k, e) = match cache.services.get_key_value(id.as_str()) {
+                Some((k, e)) if e.0 == r.fingerprint && e.1 == up_fp => (k.clone(), e.clone()),
+                _ => {
+                    let service = Arc::new(Service::build(id, r, conf.clone(), resources)?);
+                    (
+                        Arc::from(id.as_str()),
+                        Arc::new((r.fingerprint, up_fp, service)),
+                    )
+                }
             };
-            cache
-                .services
-                .insert(id.clone(), (r.fingerprint, up_fp, service.clone()));
-            services.insert(id.clone(), service);
+            services.insert(id, e.2.clone());
+            next_services.insert(k, e);
         }
-        cache.services.retain(|id, _| services.contains_key(id));
+        cache.services = next_services;
 
         let mut routes = Vec::with_capacity(resources.map(Kind::Routes).len());
         let mut entries = Vec::with_capacity(routes.capacity());
-        let mut live = std::collections::HashSet::new();
+        let mut next_routes = HashMap::with_capacity(cache.routes.len());
         // Config order breaks ties between equal routes: the file's order, then creation order.
         let mut ordered: Vec<(&String, &Resource)> = resources.map(Kind::Routes).iter().collect();
         ordered.sort_by_key(|(id, r)| (r.created_index, *id));
@@ -112,7 +119,7 @@ impl Snapshot {
                 continue; // disabled, as in APISIX
             }
             let service = match &conf.service_id {
-                Some(sid) => Some(services.get(&sid.to_string()).ok_or_else(|| {
+                Some(sid) => Some(services.get(sid.to_string().as_str()).ok_or_else(|| {
                     ConfigError::new(
                         format!("{}.service_id", r.path),
                         format!("service {:?} does not exist", sid.to_string()),
@@ -126,24 +133,24 @@ impl Snapshot {
                 upstream_fp(resources, conf.upstream_id.as_ref()),
                 service.and_then(|s| s.upstream_fp),
             );
-            let (route, mut entry) = match cache.routes.get(id) {
-                Some((k, route, entry)) if *k == key => (route.clone(), entry.clone()),
+            let (k, c) = match cache.routes.get_key_value(id.as_str()) {
+                Some((k, c)) if c.0 == key => (k.clone(), c.clone()),
                 _ => {
                     let (route, entry) =
                         compile_route(conf, &r.path, service.map(|s| &**s), resources)?;
-                    let route = Arc::new(route);
-                    cache
-                        .routes
-                        .insert(id.clone(), (key, route.clone(), entry.clone()));
-                    (route, entry)
+                    (
+                        Arc::from(id.as_str()),
+                        Arc::new((key, Arc::new(route), entry)),
+                    )
                 }
             };
+            let mut entry = c.2.clone();
             entry.id = routes.len();
-            live.insert(id.clone());
-            routes.push(route);
+            routes.push(c.1.clone());
             entries.push(entry);
+            next_routes.insert(k, c);
         }
-        cache.routes.retain(|id, _| live.contains(id));
+        cache.routes = next_routes;
         let router = Router::new(entries).map_err(|m| ConfigError::new("routes", m))?;
 
         let consumers_fp = {
