@@ -20,7 +20,7 @@ pub struct Member {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
     RoundRobin,
     Chash,
@@ -38,6 +38,9 @@ struct Tier {
     ring: Option<(Continuum, Vec<(SocketAddr, usize)>)>,
 }
 
+/// Tiers, member indices and rings are fixed when it is built; its only mutable state is each
+/// tier's smooth-WRR counters, behind `SmoothWrr`'s mutex. So one balancer may be shared by
+/// several compiled objects whose members are the same, in the same order (`balancer::state`).
 pub struct TieredBalancer {
     tiers: Vec<Tier>,
 }

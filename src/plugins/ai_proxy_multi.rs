@@ -14,9 +14,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::ctx::{LlmCall, LlmPlugin, PluginCtx, PluginRequest};
-use super::registry::{self, Registration};
+use super::registry::{self, Owner, Registration};
 use super::Plugin;
 use crate::balancer::health::{ActiveProbe, Outcome, PassiveHealth};
+use crate::balancer::state;
 use crate::balancer::tiered::{Algorithm, Member, TieredBalancer};
 use crate::config::schema::ChecksConf;
 use crate::config::schema::{AiProxyMultiConf, OneOrMany};
@@ -29,19 +30,22 @@ use crate::router::RequestView;
 pub const REGISTRATION: Registration = Registration {
     name: "ai-proxy-multi",
     priority: 998,
-    build: |conf, path, _owner| {
+    build: |conf, path, owner| {
         let conf: AiProxyMultiConf = registry::parse(conf, path)?;
-        Ok(Arc::new(Arc::new(AiProxyMulti::build(&conf, path)?)))
+        Ok(Arc::new(Arc::new(AiProxyMulti::build(&conf, path, owner)?)))
     },
     credential: None,
 };
 
+/// One instance of a compiled `AiProxyMulti`. Its health (`active`, `passive`) is not its own:
+/// it comes from `balancer::state`, shared with every compiled object of the same owner, instance
+/// name and checks config, so it survives rebuilds that do not change this instance.
 pub struct MultiInstance {
     pub llm: Arc<LlmInstance>,
     pub weight: u32,
     pub priority: i64,
     pub active: Option<Arc<ActiveProbe>>,
-    pub passive: PassiveHealth,
+    pub passive: Arc<PassiveHealth>,
 }
 
 impl MultiInstance {
@@ -67,7 +71,9 @@ enum Piece {
 
 pub struct AiProxyMulti {
     pub instances: Vec<MultiInstance>,
-    balancer: TieredBalancer,
+    /// From `balancer::state`: shared with every compiled object of the same owner and members,
+    /// so the rotation continues across rebuilds.
+    balancer: Arc<TieredBalancer>,
     hash_on: Option<HashOn>,
     remote_addr: Variable,
     /// Statuses that send the request to the next instance (index = status).
@@ -80,7 +86,14 @@ pub struct AiProxyMulti {
 }
 
 impl AiProxyMulti {
-    pub fn build(conf: &AiProxyMultiConf, path: &str) -> Result<AiProxyMulti, ConfigError> {
+    /// Compile `conf` (at config path `path`) for `owner`, the resource whose `plugins` it is in:
+    /// the runtime state (health, balancer) is `owner`'s, kept across rebuilds by
+    /// `balancer::state`.
+    pub fn build(
+        conf: &AiProxyMultiConf,
+        path: &str,
+        owner: &Owner,
+    ) -> Result<AiProxyMulti, ConfigError> {
         let err = |f: &str, m: String| ConfigError::new(format!("{path}{f}"), m);
         if conf.instances.is_empty() {
             return Err(err(
@@ -130,8 +143,9 @@ impl AiProxyMulti {
                 check_health_numbers(checks, &format!("{ipath}.checks"))?;
             }
             let active = match checks.and_then(|c| c.active.as_ref()) {
-                Some(a) => Some(Arc::new(
-                    ActiveProbe::new(
+                Some(a) => Some(
+                    state::active_probe(
+                        owner,
                         &c.name,
                         a,
                         &llm.endpoint,
@@ -139,11 +153,12 @@ impl AiProxyMulti {
                         &llm.auth_query,
                     )
                     .map_err(|m| ConfigError::new(format!("{ipath}.checks.active"), m))?,
-                )),
+                ),
                 None => None,
             };
-            let passive = PassiveHealth::new(checks.and_then(|c| c.passive.as_ref()))
-                .map_err(|m| ConfigError::new(format!("{ipath}.checks.passive"), m))?;
+            let passive =
+                state::passive_health(owner, &c.name, checks.and_then(|c| c.passive.as_ref()))
+                    .map_err(|m| ConfigError::new(format!("{ipath}.checks.passive"), m))?;
             instances.push(MultiInstance {
                 llm: Arc::new(llm),
                 weight: c.weight,
@@ -252,7 +267,7 @@ impl AiProxyMulti {
             })
             .collect();
         Ok(AiProxyMulti {
-            balancer: TieredBalancer::new(&members, algorithm),
+            balancer: state::balancer(owner, &members, algorithm),
             instances,
             hash_on,
             remote_addr: Variable::parse("remote_addr").expect("known variable"),
@@ -470,5 +485,240 @@ impl Plugin for Arc<AiProxyMulti> {
 
     fn instance_names(&self) -> Vec<&str> {
         self.instances.iter().map(|i| i.llm.name.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Runtime state across rebuilds (`balancer::state`). The registry is process-wide and tests
+    //! run in parallel: each test uses its own owner ids, so no two tests share state.
+
+    use super::*;
+    use crate::balancer::state::{self as registry_state, passive_key};
+
+    const PATH: &str = "routes[0].plugins.ai-proxy-multi";
+
+    /// Two instances; `a` has active and passive checks (`a_checks`), `b` points at `b_port`.
+    fn conf(a_checks: &str, b_port: u16, b_weight: u32) -> String {
+        format!(
+            r#"
+instances:
+  - name: a
+    provider: openai
+    weight: 3
+    auth: {{ header: {{ Authorization: "Bearer a" }} }}
+    override: {{ endpoint: "http://127.0.0.1:1/v1/chat/completions" }}
+    checks: {a_checks}
+  - name: b
+    provider: openai
+    weight: {b_weight}
+    auth: {{ header: {{ Authorization: "Bearer b" }} }}
+    override: {{ endpoint: "http://127.0.0.1:{b_port}/v1/chat/completions" }}
+    checks: {{ active: {{ http_path: /health }} }}
+"#
+        )
+    }
+
+    const CHECKS: &str = "{ active: { http_path: /health }, passive: { cooldown: 60 } }";
+
+    fn build(yaml: &str, owner: &Owner) -> AiProxyMulti {
+        let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let c: AiProxyMultiConf = registry::parse(&v, PATH).unwrap();
+        AiProxyMulti::build(&c, PATH, owner).unwrap()
+    }
+
+    fn route(id: &str) -> Owner {
+        Owner::Route(id.into())
+    }
+
+    /// Three 500s in a row: `a` (instance 0) cools down.
+    fn fail_a(m: &AiProxyMulti) {
+        for _ in 0..3 {
+            m.record(0, Outcome::Status(500));
+        }
+        assert!(m.instances[0].passive.cooling_down());
+    }
+
+    fn same<T>(a: &Arc<T>, b: &Arc<T>) -> bool {
+        Arc::ptr_eq(a, b)
+    }
+
+    fn probe(m: &AiProxyMulti, i: usize) -> &Arc<ActiveProbe> {
+        m.instances[i]
+            .active
+            .as_ref()
+            .expect("instance has active checks")
+    }
+
+    #[test]
+    fn a_rebuild_of_the_same_config_shares_health() {
+        let owner = route("state-same-config");
+        let first = build(&conf(CHECKS, 2, 1), &owner);
+        fail_a(&first);
+        let second = build(&conf(CHECKS, 2, 1), &owner);
+        assert!(!second.instances[0].healthy(), "the rebuild still skips a");
+        assert!(second.instances[1].healthy());
+        assert!(same(
+            &first.instances[0].passive,
+            &second.instances[0].passive
+        ));
+        assert!(same(probe(&first, 0), probe(&second, 0)));
+        assert!(same(probe(&first, 1), probe(&second, 1)));
+        assert!(same(&first.balancer, &second.balancer));
+        // Requests picked on the rebuild avoid a, as they did on the first build.
+        assert_eq!(second.pick(None, &[false, false]), Some(1));
+    }
+
+    #[test]
+    fn changing_another_instance_keeps_this_ones_state() {
+        let owner = route("state-other-changed");
+        let first = build(&conf(CHECKS, 2, 1), &owner);
+        fail_a(&first);
+        // b moves to another port and gets another weight: b's probe and the balancer are new.
+        let second = build(&conf(CHECKS, 3, 2), &owner);
+        assert!(second.instances[0].passive.cooling_down());
+        assert!(same(
+            &first.instances[0].passive,
+            &second.instances[0].passive
+        ));
+        assert!(same(probe(&first, 0), probe(&second, 0)));
+        assert!(!same(probe(&first, 1), probe(&second, 1)));
+        assert!(!same(&first.balancer, &second.balancer));
+    }
+
+    #[test]
+    fn changing_this_instances_checks_starts_it_fresh() {
+        let owner = route("state-checks-changed");
+        let first = build(&conf(CHECKS, 2, 1), &owner);
+        fail_a(&first);
+        // Another passive config: fresh passive health; the active probe's config is unchanged.
+        let passive = "{ active: { http_path: /health }, passive: { cooldown: 30 } }";
+        let second = build(&conf(passive, 2, 1), &owner);
+        assert!(!second.instances[0].passive.cooling_down());
+        assert!(second.instances[0].healthy());
+        assert!(!same(
+            &first.instances[0].passive,
+            &second.instances[0].passive
+        ));
+        assert!(same(probe(&first, 0), probe(&second, 0)));
+        // Another active config: a fresh probe; the passive state is kept.
+        let active = "{ active: { http_path: /healthz }, passive: { cooldown: 60 } }";
+        let third = build(&conf(active, 2, 1), &owner);
+        assert!(!same(probe(&first, 0), probe(&third, 0)));
+        assert!(same(
+            &first.instances[0].passive,
+            &third.instances[0].passive
+        ));
+        assert!(
+            same(&first.balancer, &third.balancer),
+            "members are the same"
+        );
+    }
+
+    #[test]
+    fn another_owner_never_shares() {
+        let text = conf(CHECKS, 2, 1);
+        let first = build(&text, &route("state-owner-1"));
+        fail_a(&first);
+        for owner in [
+            route("state-owner-2"),
+            Owner::Service("state-owner-1".into()),
+            Owner::Consumer("state-owner-1".into()),
+        ] {
+            let other = build(&text, &owner);
+            assert!(other.instances[0].healthy(), "{owner:?}");
+            assert!(!same(
+                &first.instances[0].passive,
+                &other.instances[0].passive
+            ));
+            assert!(!same(probe(&first, 0), probe(&other, 0)));
+            assert!(!same(&first.balancer, &other.balancer));
+        }
+    }
+
+    #[test]
+    fn state_dies_with_the_last_build_that_uses_it() {
+        let owner = route("state-dropped");
+        let text = conf(CHECKS, 2, 1);
+        let first = build(&text, &owner);
+        fail_a(&first);
+        let second = build(&text, &owner);
+        let passive = Arc::downgrade(&first.instances[0].passive);
+        let probe_a = Arc::downgrade(probe(&first, 0));
+        let balancer = Arc::downgrade(&first.balancer);
+        drop(first);
+        assert!(
+            passive.upgrade().is_some(),
+            "the second build still uses it"
+        );
+        drop(second);
+        assert!(passive.upgrade().is_none());
+        assert!(probe_a.upgrade().is_none(), "a probe no build uses is gone");
+        assert!(balancer.upgrade().is_none());
+
+        let passives = registry_state::passive_registry();
+        // The passive config `CHECKS` gives instance a.
+        let conf = crate::config::schema::PassiveCheckConf {
+            cooldown: Some(60.0),
+            ..Default::default()
+        };
+        let key = passive_key(&owner, "a", Some(&conf));
+        assert!(!passives.contains_live(&key));
+        passives.prune();
+        assert!(!passives.holds(&key), "the dead entry is pruned");
+
+        // The next build starts fresh.
+        let third = build(&text, &owner);
+        assert!(third.instances[0].healthy());
+        assert!(
+            passives.contains_live(&key),
+            "the key is the one the build used"
+        );
+    }
+
+    #[test]
+    fn the_rotation_continues_across_a_rebuild_with_the_same_members() {
+        let owner = route("state-rotation");
+        // Weights 3:1 rotate a, a, b, a.
+        let first = build(&conf(CHECKS, 2, 1), &owner);
+        let tried = [false, false];
+        assert_eq!(first.pick(None, &tried), Some(0));
+        assert_eq!(first.pick(None, &tried), Some(0));
+        // b's endpoint changes, its name, weight and priority do not: the rotation goes on.
+        let second = build(&conf(CHECKS, 4, 1), &owner);
+        assert_eq!(second.pick(None, &tried), Some(1));
+        assert_eq!(second.pick(None, &tried), Some(0));
+        // Another weight: a new rotation, from its start.
+        let third = build(&conf(CHECKS, 4, 2), &owner);
+        assert!(!same(&second.balancer, &third.balancer));
+        assert_eq!(third.pick(None, &tried), Some(0));
+    }
+
+    #[test]
+    fn the_registration_passes_the_owner_and_snapshots_share_probes() {
+        let v: serde_yaml::Value = serde_yaml::from_str(&conf(CHECKS, 2, 1)).unwrap();
+        let build = |owner: &Owner| registry::build("ai-proxy-multi", &v, PATH, owner).unwrap();
+        let one = build(&route("state-registration"));
+        let two = build(&route("state-registration"));
+        let other = build(&route("state-registration-2"));
+        let (p1, p2, p3) = (one.probes(), two.probes(), other.probes());
+        assert_eq!(p1.len(), 2);
+        assert!(p1.iter().zip(&p2).all(|(a, b)| same(a, b)));
+        assert!(p1.iter().zip(&p3).all(|(a, b)| !same(a, b)));
+
+        // Two snapshots of one file: the same probes, so the health-check service (which runs
+        // the current snapshot's probes) runs each once, with its history intact.
+        let text = format!(
+            "routes:\n  - id: state-snapshot\n    uri: /x\n    plugins:\n      ai-proxy-multi:\n{}",
+            conf(CHECKS, 2, 1)
+                .lines()
+                .map(|l| format!("        {l}\n"))
+                .collect::<String>()
+        );
+        let file = crate::config::parse_str(&text, &|_| None).unwrap().file;
+        let s1 = crate::store::Snapshot::build(&file).unwrap();
+        let s2 = crate::store::Snapshot::build(&file).unwrap();
+        assert_eq!(s1.probes.len(), 2);
+        assert!(s1.probes.iter().zip(&s2.probes).all(|(a, b)| same(a, b)));
     }
 }

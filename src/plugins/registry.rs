@@ -18,7 +18,7 @@ pub type Build = fn(&serde_yaml::Value, &str, &Owner) -> Result<Arc<dyn Plugin>,
 
 /// Whose `plugins` a plugin was configured in: what its per-request state is scoped to (a quota
 /// on a consumer is that consumer's own; one on a route or service is counted per route).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Owner {
     Route(String),
     Service(String),
