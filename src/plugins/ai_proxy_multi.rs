@@ -716,8 +716,8 @@ instances:
                 .collect::<String>()
         );
         let file = crate::config::parse_str(&text, &|_| None).unwrap().file;
-        let s1 = crate::store::Snapshot::build(&file).unwrap();
-        let s2 = crate::store::Snapshot::build(&file).unwrap();
+        let s1 = crate::runtime::Snapshot::build(&file).unwrap();
+        let s2 = crate::runtime::Snapshot::build(&file).unwrap();
         assert_eq!(s1.probes.len(), 2);
         assert!(s1.probes.iter().zip(&s2.probes).all(|(a, b)| same(a, b)));
     }

@@ -51,10 +51,15 @@ const METHODS: &[&str] = &[
 /// Cloned for every change (a failed change leaves the old one intact): keys and values are
 /// shared pointers, so a clone copies the table, not the entries.
 pub struct Cache {
-    services: HashMap<Arc<str>, Arc<(u64, Option<u64>, Arc<Service>)>>,
-    routes: HashMap<Arc<str>, Arc<(RouteKey, Arc<Route>, RouteEntry)>>,
+    services: HashMap<Arc<str>, Arc<CachedService>>,
+    routes: HashMap<Arc<str>, Arc<CachedRoute>>,
     consumers: Option<(u64, Arc<Consumers>)>,
 }
+
+/// A compiled service with the fingerprints of its config and of its upstream object.
+type CachedService = (u64, Option<u64>, Arc<Service>);
+/// A compiled route, its router entry, and what it was built from.
+type CachedRoute = (RouteKey, Arc<Route>, RouteEntry);
 
 /// What a compiled route depends on: its own config, its service's, the upstream object's.
 type RouteKey = (u64, Option<u64>, Option<u64>, Option<u64>);
