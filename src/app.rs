@@ -15,6 +15,7 @@ use crate::proxy::body_budget::BodyBudget;
 use crate::proxy::Gateway;
 use crate::resources::Resources;
 use crate::runtime::Store;
+use crate::sources::admin::AdminService;
 
 /// Everything validated from the config, ready to serve.
 pub struct Prepared {
@@ -44,6 +45,10 @@ pub fn prepare(path: &str) -> Result<Prepared, ConfigError> {
 
 fn validate(loaded: config::Loaded, path: &str) -> Result<Prepared, ConfigError> {
     let gateway = GatewaySettings::from_conf(&loaded.file.gateway)?;
+    if let Some(key) = gateway.admin.as_ref().and_then(|a| a.key.as_deref()) {
+        // Whatever logs a request's headers (Pingora's tracing) never shows the admin key.
+        crate::observability::redact::keep_secret(key);
+    }
     // Before the config is compiled: its health probes get their connectors as they are built.
     crate::net::tls::init(&loaded.server);
     let resources = Resources::from_file(&loaded.file, &loaded.raw)?;
@@ -111,6 +116,25 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
         "aigate access log",
         AccessLogService(access_log.clone()),
     ));
+    if let Some(admin) = &gw.admin {
+        // Where admin-made resources are kept (NoPersist: in memory only, for now).
+        let persist: Arc<dyn crate::sources::Persist> = Arc::new(crate::sources::NoPersist);
+        let mut service = pingora_core::services::listening::Service::new(
+            "aigate admin API".to_string(),
+            AdminService::new(store.clone(), persist, admin),
+        );
+        service.add_tcp(&admin.listen.to_string());
+        server.add_service(service);
+        log::info!(
+            "admin API listening on {}{}",
+            admin.listen,
+            if admin.key.is_none() {
+                " (no key: loopback only)"
+            } else {
+                ""
+            }
+        );
+    }
     // Active health probes of whatever config is live (ai-proxy-multi `checks.active`).
     server.add_service(background_service(
         "aigate health checks",

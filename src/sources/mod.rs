@@ -3,6 +3,8 @@
 //! wrote (`gateway.data_dir`, or etcd for a cluster). Every one of them changes the
 //! configuration through `Store::apply` / `Store::replace_origin`.
 
+pub mod admin;
+
 use crate::resources::Resources;
 
 /// Where the admin API's resources are kept, written before a change is published.
