@@ -122,11 +122,13 @@ fn to_mock(body: &str, mock: &Mock) -> String {
             .unwrap_or_else(|| "/v1/chat/completions".into());
         inst["override"] = json!({ "endpoint": format!("{origin}{path}") });
     };
-    if let Some(p) = v["plugins"].get_mut("ai-proxy") {
+    if let Some(p) = v.get_mut("plugins").and_then(|p| p.get_mut("ai-proxy")) {
         point(p);
     }
-    if let Some(insts) = v["plugins"]["ai-proxy-multi"]
-        .get_mut("instances")
+    if let Some(insts) = v
+        .get_mut("plugins")
+        .and_then(|p| p.get_mut("ai-proxy-multi"))
+        .and_then(|p| p.get_mut("instances"))
         .and_then(Value::as_array_mut)
     {
         insts.iter_mut().for_each(point);
@@ -1225,8 +1227,8 @@ fn bad_objects_are_refused_with_apisix_messages() {
         ),
         (
             "PUT",
-            proxy(r#", "options": {"model": 5}"#),
-            "failed to check the configuration of plugin ai-proxy err: options.model: ",
+            r#"{"uri": "/x", "plugins": {"ai-proxy": {"provider": "openai", "auth": 5}}}"#.into(),
+            "failed to check the configuration of plugin ai-proxy err: auth: ",
         ),
         (
             "POST",
@@ -1286,9 +1288,16 @@ fn bad_objects_are_refused_with_apisix_messages() {
         admin.call("POST", "/apisix/admin/routes/r1", "{}").status,
         405
     );
-    // Too large.
-    let big = format!(r#"{{"uri": "/x", "desc": "{}"}}"#, "a".repeat(5 << 20));
-    assert_eq!(admin.put(route, &big).status, 413);
+    // Too large: refused on the declared length, before the body is read.
+    let mut c = Conn::open(admin.port);
+    c.send_raw(
+        format!(
+            "PUT {route} HTTP/1.1\r\nHost: x\r\nX-API-KEY: {KEY}\r\nContent-Length: {}\r\n\r\n",
+            5 << 20
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.read_response().status, 413);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1604,4 +1613,23 @@ fn the_admin_key_and_bodies_stay_out_of_the_error_log() {
     let log = gw.error_log();
     assert!(!log.contains(KEY), "{log}");
     assert!(!log.contains("sk-log-secret"), "{log}");
+}
+
+#[test]
+fn expect_100_continue_is_answered() {
+    let (_gw, admin) = start_admin("", "");
+    let body = r#"{"nodes": {"127.0.0.1:1": 1}}"#;
+    let mut c = Conn::open(admin.port);
+    c.send_raw(
+        format!(
+            "PUT /apisix/admin/upstreams/u1 HTTP/1.1\r\nHost: x\r\nX-API-KEY: {KEY}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    c.send_raw(body.as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(admin.get("/apisix/admin/upstreams/u1").status, 200);
 }
