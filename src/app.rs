@@ -15,6 +15,7 @@ use crate::proxy::body_budget::BodyBudget;
 use crate::proxy::Gateway;
 use crate::resources::Resources;
 use crate::runtime::Store;
+use crate::sources::admin::AdminService;
 use crate::sources::data_dir::DataDir;
 use crate::sources::file::ReloadOnHangup;
 
@@ -26,6 +27,8 @@ pub struct Prepared {
     pub gateway: GatewaySettings,
     /// Re-read on SIGHUP.
     pub config_path: String,
+    /// `gateway.data_dir`: where the admin API's changes are kept.
+    pub data_dir: String,
 }
 
 /// Load and fully validate a config file. Nothing is opened or written.
@@ -46,6 +49,10 @@ pub fn prepare(path: &str) -> Result<Prepared, ConfigError> {
 
 fn validate(loaded: config::Loaded, path: &str) -> Result<Prepared, ConfigError> {
     let gateway = GatewaySettings::from_conf(&loaded.file.gateway)?;
+    if let Some(key) = gateway.admin.as_ref().and_then(|a| a.key.as_deref()) {
+        // Whatever logs a request's headers (Pingora's tracing) never shows the admin key.
+        crate::observability::redact::keep_secret(key);
+    }
     // Before the config is compiled: its health probes get their connectors as they are built.
     crate::net::tls::init(&loaded.server);
     let mut resources = Resources::from_file(&loaded.file, &loaded.raw)?;
@@ -63,6 +70,7 @@ fn validate(loaded: config::Loaded, path: &str) -> Result<Prepared, ConfigError>
         store,
         gateway,
         config_path: path.to_string(),
+        data_dir: loaded.file.gateway.data_dir.clone(),
     })
 }
 
@@ -121,6 +129,25 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
         "aigate access log",
         AccessLogService(access_log.clone()),
     ));
+    if let Some(admin) = &gw.admin {
+        // What the admin API changes is written to gateway.data_dir before it is served.
+        let persist: Arc<dyn crate::sources::Persist> = Arc::new(DataDir::new(&prepared.data_dir));
+        let mut service = pingora_core::services::listening::Service::new(
+            "aigate admin API".to_string(),
+            AdminService::new(store.clone(), persist, admin),
+        );
+        service.add_tcp(&admin.listen.to_string());
+        server.add_service(service);
+        log::info!(
+            "admin API listening on {}{}",
+            admin.listen,
+            if admin.key.is_none() {
+                " (no key: loopback only)"
+            } else {
+                ""
+            }
+        );
+    }
     // Active health probes of whatever config is live (ai-proxy-multi `checks.active`).
     server.add_service(background_service(
         "aigate health checks",

@@ -38,7 +38,10 @@ const AFTER_HELP: &str = "\
 Config file sections:
   server:   Pingora's own settings (threads, pid_file, upgrade_sock, grace_period_seconds,
             ca_file for trusting a private CA on every outbound TLS connection, ...)
-  gateway:  listen (address or list), admin {listen, key}, data_dir,
+  gateway:  listen (address or list), data_dir,
+            admin {listen (127.0.0.1:9180), key (X-API-KEY; required off loopback),
+                   allow [CIDR, ...], redact_secrets}: the APISIX admin API
+                   (/apisix/admin/routes, services, upstreams, consumers, credentials),
             access_log {path: file | - | off, format: nginx-style $variables}, max_body_size,
             max_inflight_body_bytes (all buffered bodies together; no default),
             client limits in seconds: client_header_timeout (60), client_body_timeout (60),

@@ -3,11 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::schema::{DnsConf, GatewayConf};
+use super::schema::{AdminConf, DnsConf, GatewayConf};
 use super::{limits, ConfigError};
 use crate::downstream::{self, ClientLimits};
 use crate::net::dns::DnsSettings;
 use crate::observability::access_log::{Format, DEFAULT_FORMAT};
+use crate::router::cidr::Cidr;
 
 /// `gateway:`, validated.
 pub struct GatewaySettings {
@@ -20,6 +21,74 @@ pub struct GatewaySettings {
     /// `gateway.max_connections` as configured (`None`: derived from the fd limit at start).
     pub max_connections: Option<u64>,
     pub dns: DnsSettings,
+    /// `gateway.admin`, when the admin API is on.
+    pub admin: Option<AdminSettings>,
+}
+
+/// `gateway.admin`, validated.
+#[derive(Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// `None`: no key configured (only allowed on a loopback address): no auth.
+    pub key: Option<String>,
+    /// Empty: any client address.
+    pub allow: Vec<Cidr>,
+    pub redact_secrets: bool,
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key itself.
+        f.debug_struct("AdminSettings")
+            .field("listen", &self.listen)
+            .field("key", &self.key.as_ref().map(|_| "******"))
+            .field("allow", &self.allow)
+            .field("redact_secrets", &self.redact_secrets)
+            .finish()
+    }
+}
+
+/// The admin API's default address, as APISIX's.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
+
+fn admin_settings(a: &AdminConf) -> Result<AdminSettings, ConfigError> {
+    let l = a.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+    let listen = l.parse::<SocketAddr>().map_err(|_| {
+        ConfigError::new(
+            "gateway.admin.listen",
+            format!("{l:?} is not an ip:port address"),
+        )
+    })?;
+    let key = a.key.clone().filter(|k| !k.is_empty());
+    if key.is_none() && !listen.ip().is_loopback() {
+        return Err(ConfigError::new(
+            "gateway.admin.key",
+            "required when gateway.admin.listen is not a loopback address",
+        ));
+    }
+    let allow = match &a.allow {
+        None => Vec::new(),
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::new(
+                "gateway.admin.allow",
+                "must not be empty (leave it out to allow any address)",
+            ))
+        }
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Cidr::parse(s.trim())
+                    .map_err(|m| ConfigError::new(format!("gateway.admin.allow[{i}]"), m))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(AdminSettings {
+        listen,
+        key,
+        allow,
+        redact_secrets: a.redact_secrets,
+    })
 }
 
 impl GatewaySettings {
@@ -71,16 +140,7 @@ impl GatewaySettings {
         let access_log_format =
             Format::parse(gw.access_log.format.as_deref().unwrap_or(DEFAULT_FORMAT))
                 .map_err(|m| ConfigError::new("gateway.access_log.format", m))?;
-        if let Some(admin) = &gw.admin {
-            if let Some(l) = &admin.listen {
-                l.parse::<SocketAddr>().map_err(|_| {
-                    ConfigError::new(
-                        "gateway.admin.listen",
-                        format!("{l:?} is not an ip:port address"),
-                    )
-                })?;
-            }
-        }
+        let admin = gw.admin.as_ref().map(admin_settings).transpose()?;
         let limits = client_limits(gw)?;
         let dns = dns_settings(&gw.dns)?;
         Ok(GatewaySettings {
@@ -92,6 +152,7 @@ impl GatewaySettings {
             limits,
             max_connections: gw.max_connections,
             dns,
+            admin,
         })
     }
 }

@@ -167,10 +167,18 @@ fn default_max_body_size() -> u64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConf {
+    /// `ip:port` of the admin API (default 127.0.0.1:9180).
     #[serde(default)]
     pub listen: Option<String>,
+    /// The `X-API-KEY` every admin request must carry. Required off loopback.
     #[serde(default)]
     pub key: Option<String>,
+    /// Client addresses or CIDRs allowed to use the admin API (absent: any).
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// Show provider and consumer secrets as `******` in GET answers.
+    #[serde(default)]
+    pub redact_secrets: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,7 +14,33 @@ const MIN_LEN: usize = 6;
 
 static SECRETS: RwLock<Option<Arc<Vec<String>>>> = RwLock::new(None);
 
+/// Secrets of the process itself (the admin API key): kept whatever the config changes to.
+static PERMANENT: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Scrub `secret` from every log line from now on, across config changes.
+pub fn keep_secret(secret: &str) {
+    if secret.len() < MIN_LEN {
+        return;
+    }
+    if let Ok(mut g) = PERMANENT.write() {
+        if !g.iter().any(|s| s == secret) {
+            g.push(secret.to_string());
+        }
+    }
+    // Take effect now, before the next config change.
+    let current = SECRETS
+        .read()
+        .ok()
+        .and_then(|g| g.clone())
+        .map(|v| v.to_vec())
+        .unwrap_or_default();
+    set_secrets(current);
+}
+
 pub fn set_secrets(mut secrets: Vec<String>) {
+    if let Ok(p) = PERMANENT.read() {
+        secrets.extend(p.iter().cloned());
+    }
     secrets.retain(|s| s.len() >= MIN_LEN);
     // Longest first, so a secret containing another is replaced whole.
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));

@@ -9,20 +9,20 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// One network: an address with its prefix length, stored pre-masked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Cidr {
+pub enum Cidr {
     V4 { net: u32, mask: u32 },
     V6 { net: u128, mask: u128 },
 }
 
 /// A request address in the form `Cidr::contains` wants (already folded).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Ip {
+pub enum Ip {
     V4(u32),
     V6(u128),
 }
 
 impl Ip {
-    pub(crate) fn from_addr(addr: IpAddr) -> Ip {
+    pub fn from_addr(addr: IpAddr) -> Ip {
         match addr {
             IpAddr::V4(a) => Ip::V4(u32::from(a)),
             IpAddr::V6(a) => match a.to_ipv4_mapped() {
@@ -33,7 +33,7 @@ impl Ip {
     }
 
     /// The address as nginx would print `$remote_addr` (mapped IPv4 folded).
-    pub(crate) fn to_ip_addr(self) -> IpAddr {
+    pub fn to_ip_addr(self) -> IpAddr {
         match self {
             Ip::V4(a) => IpAddr::V4(Ipv4Addr::from(a)),
             Ip::V6(a) => IpAddr::V6(Ipv6Addr::from(a)),
@@ -53,7 +53,7 @@ fn mask_v6(len: u32) -> u128 {
 impl Cidr {
     /// Parses `10.0.0.1`, `10.0.0.0/8`, `::1`, `2001:db8::/32`. Host bits
     /// below the prefix are ignored (masked), as lua-resty-ipmatcher does.
-    pub(crate) fn parse(s: &str) -> Result<Cidr, String> {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
         let (addr, len) = match s.split_once('/') {
             Some((a, l)) => {
                 // Digits only: `u32::from_str` would also accept "+8".
@@ -111,7 +111,7 @@ impl Cidr {
     }
 
     #[inline]
-    pub(crate) fn contains(&self, ip: Ip) -> bool {
+    pub fn contains(&self, ip: Ip) -> bool {
         match (*self, ip) {
             (Cidr::V4 { net, mask }, Ip::V4(a)) => a & mask == net,
             (Cidr::V6 { net, mask }, Ip::V6(a)) => a & mask == net,
@@ -122,7 +122,7 @@ impl Cidr {
 
 /// Parses a textual IP the way a variable value arrives (`ipmatch` on a header
 /// such as `http_x_real_ip`). Brackets around IPv6 are tolerated.
-pub(crate) fn parse_ip(s: &str) -> Option<Ip> {
+pub fn parse_ip(s: &str) -> Option<Ip> {
     let s = s.trim();
     let s = s
         .strip_prefix('[')

@@ -30,7 +30,7 @@
 
 pub mod vars;
 
-mod cidr;
+pub mod cidr;
 mod host;
 mod table;
 #[cfg(test)]

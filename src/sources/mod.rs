@@ -3,6 +3,7 @@
 //! wrote (`gateway.data_dir`, or etcd for a cluster). Every one of them changes the
 //! configuration through `Store::apply` / `Store::replace_origin`.
 
+pub mod admin;
 pub mod data_dir;
 pub mod file;
 

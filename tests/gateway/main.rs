@@ -5,6 +5,7 @@
 mod harness;
 
 mod access_log;
+mod admin;
 mod ai_proxy;
 mod bodies;
 mod body_memory;
