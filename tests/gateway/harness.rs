@@ -220,8 +220,14 @@ pub fn config_text(
         .unwrap_or_default();
     format!(
         "server:\n  threads: 2\n  pid_file: {d}/aigate.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n{server_extra}\
-         gateway:\n  listen: 127.0.0.1:{port}\n  data_dir: {d}/data\n  access_log:\n    path: {d}/access.log\n{format}{extra}\n{resources}\n",
+         gateway:\n  listen: 127.0.0.1:{port}\n{data_dir}  access_log:\n    path: {d}/access.log\n{format}{extra}\n{resources}\n",
         d = dir.display(),
+        // Each gateway keeps the admin API's changes in its own directory, unless told.
+        data_dir = if opts.gateway_extra.contains("data_dir:") {
+            String::new()
+        } else {
+            format!("  data_dir: {}/data\n", dir.display())
+        },
         extra = opts.gateway_extra,
         server_extra = opts.server_extra,
     )

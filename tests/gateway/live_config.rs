@@ -169,3 +169,86 @@ fn requests_under_a_steady_load_never_fail_while_the_file_is_reloaded() {
     let total: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
     assert!(total > 10, "{total}");
 }
+
+#[test]
+fn what_the_admin_api_wrote_survives_a_restart_on_the_same_data_dir() {
+    let mock = Mock::start("m");
+    let data = scratch_dir().join("data");
+    let start = || {
+        let port = free_port();
+        let extra = format!(
+            "  data_dir: {}\n  admin:\n    listen: 127.0.0.1:{port}\n    key: k-123456\n",
+            data.display()
+        );
+        let gw = Gateway::start_with(
+            "routes: []\n",
+            GatewayOpts {
+                gateway_extra: &extra,
+                ..Default::default()
+            },
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "admin API not listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (gw, port)
+    };
+    let admin = |port: u16, method: &str, path: &str, body: serde_json::Value| {
+        request(
+            port,
+            method,
+            path,
+            &[("X-API-KEY", "k-123456")],
+            body.to_string().as_bytes(),
+        )
+    };
+    let (gw, port) = start();
+    let r = admin(
+        port,
+        "PUT",
+        "/apisix/admin/routes/1",
+        json!({"uri": "/chat", "plugins": {
+            "key-auth": {},
+            "ai-proxy": {"provider": "openai-compatible",
+                         "auth": {"header": {"Authorization": "Bearer k"}},
+                         "options": {"model": "kept"},
+                         "override": {"endpoint": mock.chat_url()}}}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = admin(
+        port,
+        "PUT",
+        "/apisix/admin/consumers",
+        json!({"username": "jack"}),
+    );
+    assert!(r.status == 201 || r.status == 200, "{}", r.text());
+    let r = admin(
+        port,
+        "PUT",
+        "/apisix/admin/consumers/jack/credentials/c1",
+        json!({"plugins": {"key-auth": {"key": "jack-key"}}}),
+    );
+    assert!(r.status == 201 || r.status == 200, "{}", r.text());
+    let before = admin(port, "GET", "/apisix/admin/routes/1", json!(null)).json();
+    let ask = |gw: &Gateway| gw.chat_with("/chat", &[("apikey", "jack-key")], &chat_body("hi"));
+    assert_eq!(ask(&gw).json()["model"], "kept");
+    // The file on disk is whole (written atomically), with no temporary left behind.
+    assert!(data.join("resources.json").exists());
+    assert!(!data.join(".resources.json.tmp").exists());
+    drop(gw);
+
+    let (gw, port) = start();
+    assert_eq!(ask(&gw).json()["model"], "kept");
+    let after = admin(port, "GET", "/apisix/admin/routes/1", json!(null)).json();
+    assert_eq!(after["value"], before["value"]);
+    assert_eq!(after["createdIndex"], before["createdIndex"]);
+    // Deleting is kept too.
+    assert_eq!(
+        admin(port, "DELETE", "/apisix/admin/routes/1", json!(null)).status,
+        200
+    );
+    drop(gw);
+    let (gw, _) = start();
+    assert_eq!(ask(&gw).status, 404);
+}
