@@ -887,7 +887,11 @@ impl Watch {
     /// not delivered; on success the old connection is dropped.
     async fn reopen(&mut self, quiet: Duration) -> Result<(), EtcdError> {
         log::debug!(
-            "etcd watch on {} silent for {quiet:?}; opening it again from revision {}",
+            "{}: watch on {} silent for {quiet:?}; opening it again from revision {}",
+            url(
+                &self.client.inner.endpoints[self.stream.endpoint],
+                "/v3/watch"
+            ),
             String::from_utf8_lossy(&self.key),
             self.next_revision
         );

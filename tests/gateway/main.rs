@@ -14,6 +14,8 @@ mod credentials;
 mod dns;
 mod dns_server;
 mod errors;
+mod etcd_server;
+mod etcd_store;
 mod limits;
 mod multi;
 mod passthrough;
