@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::etcd_server::{b64, EtcdServer};
 use crate::harness::closed_port;
-use crate::redis_server::{capture_logs, logs_with, Silent};
+use crate::redis_server::{all_logs, capture_logs, logs_with, Silent};
 
 /// The client's timeout in most tests.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -397,6 +397,7 @@ async fn progress_notifications_keep_a_watch_on_its_connection() {
 
 #[tokio::test]
 async fn auth_wrong_password_fails_and_the_right_one_works() {
+    capture_logs();
     let mut etcd = EtcdServer::start();
     etcd.enable_auth("root-Pa55");
 
@@ -437,6 +438,13 @@ async fn auth_wrong_password_fails_and_the_right_one_works() {
         &next_within(&mut w, Duration::from_secs(10)).await.unwrap()[..],
         [WatchEvent::Delete { key, .. }] if key == "/routes/1"
     ));
+
+    for line in all_logs() {
+        assert!(
+            !line.contains(wrong) && !line.contains("root-Pa55"),
+            "{line}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -507,8 +515,11 @@ async fn a_dead_first_endpoint_is_skipped() {
         first >= TIMEOUT / 2 && first < TIMEOUT + MARGIN,
         "{first:?}"
     );
+    // Each call would wait TIMEOUT / 2 on the silent one first if it were not.
     let t = Instant::now();
     c.get_prefix("/routes/").await.unwrap();
+    assert!(t.elapsed() < TIMEOUT / 2, "remembered: {:?}", t.elapsed());
+    let t = Instant::now();
     c.watch("/routes/", 0).await.unwrap();
     assert!(t.elapsed() < TIMEOUT / 2, "remembered: {:?}", t.elapsed());
 
