@@ -928,7 +928,9 @@ impl Watch {
             // A progress notification: every change up to header.revision has been sent. (Also
             // a late "created", whose revision is no such promise: skipped.)
             if !resp.created && resp.header.revision > 0 {
-                self.next_revision = self.next_revision.max(resp.header.revision + 1);
+                self.next_revision = self
+                    .next_revision
+                    .max(resp.header.revision.saturating_add(1));
             }
             return Ok(());
         }
