@@ -50,14 +50,14 @@ impl std::fmt::Display for ClientError {
     }
 }
 
-fn connector() -> &'static Connector {
+pub(crate) fn connector() -> &'static Connector {
     static C: OnceLock<Connector> = OnceLock::new();
     // Built on first use, after `-d` has forked; `server.ca_file` is an absolute path by then
     // (made so at load), so the daemon's chdir to / does not change which file is read.
     C.get_or_init(|| Connector::new(super::tls::connector_options()))
 }
 
-fn classify(e: &pingora_error::Error, what: &str) -> ClientError {
+pub(crate) fn classify(e: &pingora_error::Error, what: &str) -> ClientError {
     use pingora_error::ErrorType::*;
     let msg = format!("{what}: {}", e.etype().as_str());
     // Connect and TLS failures carry their reason (the addresses tried, "UnknownIssuer"), which

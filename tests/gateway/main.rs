@@ -15,6 +15,8 @@ mod credentials;
 mod dns;
 mod dns_server;
 mod errors;
+mod etcd_server;
+mod etcd_store;
 mod limits;
 mod live_config;
 mod multi;
