@@ -138,6 +138,13 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
         );
         service.add_tcp(&admin.listen.to_string());
         server.add_service(service);
+        if admin.key.as_deref().unwrap_or("").is_empty() {
+            log::warn!(
+                "the admin API on {} has no key: any local process can change the configuration \
+                 (set gateway.admin.key)",
+                admin.listen
+            );
+        }
         log::info!(
             "admin API listening on {}{}",
             admin.listen,
