@@ -17,6 +17,7 @@ use crate::resources::Resources;
 use crate::runtime::Store;
 use crate::sources::admin::AdminService;
 use crate::sources::data_dir::DataDir;
+use crate::sources::etcd::{EtcdStore, EtcdSync};
 use crate::sources::file::ReloadOnHangup;
 
 /// Everything validated from the config, ready to serve.
@@ -56,14 +57,17 @@ fn validate(loaded: config::Loaded, path: &str) -> Result<Prepared, ConfigError>
     // Before the config is compiled: its health probes get their connectors as they are built.
     crate::net::tls::init(&loaded.server);
     let mut resources = Resources::from_file(&loaded.file, &loaded.raw)?;
-    // What the admin API stored, next to the file's (one id in both is refused).
-    let data_dir = DataDir::new(&loaded.file.gateway.data_dir);
-    let stored = data_dir
-        .load()
-        .map_err(|m| ConfigError::new("gateway.data_dir", m))?;
-    resources
-        .merge_stored(stored)
-        .map_err(|m| ConfigError::new("gateway.data_dir", m))?;
+    // What the admin API stored, next to the file's (one id in both is refused). With etcd, its
+    // resources arrive once the sync service runs (a node starts even while etcd is down).
+    if gateway.store.is_none() {
+        let data_dir = DataDir::new(&loaded.file.gateway.data_dir);
+        let stored = data_dir
+            .load()
+            .map_err(|m| ConfigError::new("gateway.data_dir", m))?;
+        resources
+            .merge_stored(stored)
+            .map_err(|m| ConfigError::new("gateway.data_dir", m))?;
+    }
     let store = Store::new(resources)?;
     Ok(Prepared {
         server_conf: loaded.server,
@@ -129,9 +133,23 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
         "aigate access log",
         AccessLogService(access_log.clone()),
     ));
+    // Where the admin API's changes are kept: etcd for a cluster (every node syncs from it),
+    // else gateway.data_dir. Either way they are written before they are served.
+    let persist: Arc<dyn crate::sources::Persist> = match &gw.store {
+        Some(settings) => {
+            let etcd = EtcdStore::new(settings.clone())?;
+            server.add_service(background_service(
+                "aigate etcd sync",
+                EtcdSync {
+                    etcd: etcd.clone(),
+                    store: store.clone(),
+                },
+            ));
+            etcd
+        }
+        None => Arc::new(DataDir::new(&prepared.data_dir)),
+    };
     if let Some(admin) = &gw.admin {
-        // What the admin API changes is written to gateway.data_dir before it is served.
-        let persist: Arc<dyn crate::sources::Persist> = Arc::new(DataDir::new(&prepared.data_dir));
         let mut service = pingora_core::services::listening::Service::new(
             "aigate admin API".to_string(),
             AdminService::new(store.clone(), persist, admin),

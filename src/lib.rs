@@ -11,7 +11,6 @@
 //! - `llm`: the wire formats: request body rewrite, SSE and JSON usage taps.
 //! - `proxy`: the Pingora `ProxyHttp` glue, thin hooks over the modules above.
 //! - `downstream`: the client side: connection cap, header deadline and size, keep-alive.
-//! - `etcd`: an etcd v3 client over etcd's HTTP/JSON gateway (config resources for clusters).
 //! - `quota`: token quotas in time windows, kept locally or in Redis.
 //! - `balancer`: load-balancing algorithms.
 //! - `net`: endpoints, DNS, peers, the gateway's own outbound client.
@@ -24,7 +23,6 @@ pub mod balancer;
 pub mod config;
 pub mod downstream;
 pub mod error;
-pub mod etcd;
 pub mod llm;
 pub mod net;
 pub mod observability;

@@ -23,6 +23,8 @@ pub struct GatewaySettings {
     pub dns: DnsSettings,
     /// `gateway.admin`, when the admin API is on.
     pub admin: Option<AdminSettings>,
+    /// `gateway.store`: etcd for a cluster (`None`: `gateway.data_dir`).
+    pub store: Option<crate::sources::etcd::client::EtcdSettings>,
 }
 
 /// `gateway.admin`, validated.
@@ -141,6 +143,7 @@ impl GatewaySettings {
             Format::parse(gw.access_log.format.as_deref().unwrap_or(DEFAULT_FORMAT))
                 .map_err(|m| ConfigError::new("gateway.access_log.format", m))?;
         let admin = gw.admin.as_ref().map(admin_settings).transpose()?;
+        let store = gw.store.as_ref().map(store_settings).transpose()?;
         let limits = client_limits(gw)?;
         let dns = dns_settings(&gw.dns)?;
         Ok(GatewaySettings {
@@ -153,6 +156,7 @@ impl GatewaySettings {
             max_connections: gw.max_connections,
             dns,
             admin,
+            store,
         })
     }
 }
@@ -281,4 +285,37 @@ fn dns_settings(c: &DnsConf) -> Result<DnsSettings, ConfigError> {
         max_ttl,
         error_ttl,
     })
+}
+
+/// `gateway.store`, checked (the endpoints by the etcd client itself).
+fn store_settings(
+    c: &crate::config::schema::StoreConf,
+) -> Result<crate::sources::etcd::client::EtcdSettings, ConfigError> {
+    use crate::sources::etcd::client::{EtcdClient, EtcdSettings};
+    if c.type_ != "etcd" {
+        return Err(ConfigError::new(
+            "gateway.store.type",
+            format!(
+                "must be etcd, not {:?} (without gateway.store, gateway.data_dir is used)",
+                c.type_
+            ),
+        ));
+    }
+    if c.endpoints.is_empty() {
+        return Err(ConfigError::new(
+            "gateway.store.endpoints",
+            "at least one etcd endpoint is required, e.g. [\"http://127.0.0.1:2379\"]",
+        ));
+    }
+    let timeout = limits::secs(c.timeout.unwrap_or(5.0))
+        .map_err(|m| ConfigError::new("gateway.store.timeout", m))?;
+    let settings = EtcdSettings {
+        endpoints: c.endpoints.clone(),
+        prefix: c.prefix.clone().unwrap_or_else(|| "/aigate".into()),
+        timeout,
+        user: c.user.clone().filter(|u| !u.is_empty()),
+        password: c.password.clone().filter(|p| !p.is_empty()),
+    };
+    EtcdClient::new(settings.clone()).map_err(|m| ConfigError::new("gateway.store", m))?;
+    Ok(settings)
 }

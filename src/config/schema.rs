@@ -78,6 +78,9 @@ pub struct GatewayConf {
     pub admin: Option<AdminConf>,
     #[serde(default = "default_data_dir")]
     pub data_dir: String,
+    /// Where the admin API's resources are kept for a cluster (absent: `data_dir`).
+    #[serde(default)]
+    pub store: Option<StoreConf>,
     #[serde(default)]
     pub access_log: AccessLogConf,
     /// Largest request body accepted, in bytes.
@@ -111,6 +114,25 @@ pub struct GatewayConf {
     pub max_inflight_body_bytes: Option<u64>,
 }
 
+/// `gateway.store`: resources kept in etcd (v3), shared by every node on the same prefix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConf {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Seconds: the longest one etcd call may take.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
 /// `gateway.dns`: how provider and upstream names are resolved.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +159,7 @@ impl Default for GatewayConf {
         GatewayConf {
             listen: default_listen(),
             admin: None,
+            store: None,
             data_dir: default_data_dir(),
             access_log: AccessLogConf::default(),
             max_body_size: default_max_body_size(),

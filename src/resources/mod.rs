@@ -119,6 +119,17 @@ pub enum Change {
         kind: Kind,
         id: String,
     },
+    /// A store's copy of a resource (etcd's, as another node wrote it): kept verbatim.
+    Stored {
+        kind: Kind,
+        id: String,
+        value: Value,
+    },
+    /// A store no longer has it: removed if present.
+    Unstored {
+        kind: Kind,
+        id: String,
+    },
 }
 
 /// Why a change was refused.
@@ -380,8 +391,21 @@ impl Resources {
         modified_index: u64,
     ) -> Result<(), ConfigError> {
         let path: Arc<str> = format!("{}/{id}", kind.as_str()).into();
-        let typed = parse(kind, &id, &value)
-            .map_err(|e| ConfigError::new(format!("{path}.{}", e.path), e.message))?;
+        // An object written to a store by hand may leave its id to the key, as APISIX allows.
+        let mut value = value;
+        if let Value::Object(obj) = &mut value {
+            let (field, own) = match kind {
+                Kind::Consumers => ("username", id.as_str()),
+                Kind::Credentials => ("id", id.split_once('/').map_or("", |(_, c)| c)),
+                _ => ("id", id.as_str()),
+            };
+            obj.entry(field)
+                .or_insert_with(|| Value::String(own.into()));
+        }
+        let typed = parse(kind, &id, &value).map_err(|e| match e.path.as_str() {
+            "" => ConfigError::new(path.to_string(), e.message),
+            p => ConfigError::new(format!("{path}.{p}"), e.message),
+        })?;
         self.index = self.index.max(modified_index);
         self.maps[kind.slot()].insert(
             id,
@@ -440,6 +464,33 @@ impl Resources {
         match change {
             Change::Put { kind, id, value } => self.put(kind, id, value).map(Some),
             Change::Delete { kind, id } => self.delete(kind, &id).map(Some),
+            Change::Stored { kind, id, value } => {
+                if self
+                    .get(kind, &id)
+                    .is_some_and(|r| r.origin == Origin::File)
+                {
+                    return Err(ChangeError::ReadOnly(format!(
+                        "{} {id:?} is defined in the config file; the store's copy is ignored",
+                        kind.singular()
+                    )));
+                }
+                let index = self.index + 1;
+                let created = self.get(kind, &id).map_or(index, |r| r.created_index);
+                self.insert_stored(kind, id.clone(), value, created, index)
+                    .map_err(ChangeError::Invalid)?;
+                Ok(self.get(kind, &id).cloned())
+            }
+            Change::Unstored { kind, id } => {
+                if self
+                    .get(kind, &id)
+                    .is_some_and(|r| r.origin == Origin::Admin)
+                {
+                    self.index += 1;
+                    Ok(self.maps[kind.slot()].remove(&id))
+                } else {
+                    Ok(None)
+                }
+            }
         }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod data_dir;
+pub mod etcd;
 pub mod file;
 
 use crate::resources::Resources;

@@ -1,11 +1,11 @@
-//! The etcd client (`aigate::etcd`) against a real `etcd` over its HTTP/JSON gateway: reads,
+//! The etcd client (`aigate::sources::etcd::client`) against a real `etcd` over its HTTP/JSON gateway: reads,
 //! writes and deletes with revisions, watches (another client's changes in order, large values,
 //! several events per response, compacted start revisions, silent streams), etcd killed,
 //! restarted and hung, authentication, and a dead first endpoint.
 
 use std::time::{Duration, Instant};
 
-use aigate::etcd::{EtcdClient, EtcdError, EtcdSettings, Kv, Watch, WatchEvent};
+use aigate::sources::etcd::client::{EtcdClient, EtcdError, EtcdSettings, Kv, Watch, WatchEvent};
 use serde_json::json;
 
 use crate::etcd_server::{b64, EtcdServer};

@@ -15,6 +15,7 @@ mod credentials;
 mod dns;
 mod dns_server;
 mod errors;
+mod etcd_cluster;
 mod etcd_server;
 mod etcd_store;
 mod limits;
