@@ -38,10 +38,12 @@ const AFTER_HELP: &str = "\
 Config file sections:
   server:   Pingora's own settings (threads, pid_file, upgrade_sock, grace_period_seconds,
             ca_file for trusting a private CA on every outbound TLS connection, ...)
-  gateway:  listen (address or list), data_dir,
+  gateway:  listen (address or list),
             admin {listen (127.0.0.1:9180), key (X-API-KEY; required off loopback),
                    allow [CIDR, ...], redact_secrets}: the APISIX admin API
                    (/apisix/admin/routes, services, upstreams, consumers, credentials),
+            data_dir (./data: where admin API changes are kept), or for a cluster
+            store {type: etcd, endpoints, prefix (/aigate), timeout (5), user, password},
             access_log {path: file | - | off, format: nginx-style $variables}, max_body_size,
             max_inflight_body_bytes (all buffered bodies together; no default),
             client limits in seconds: client_header_timeout (60), client_body_timeout (60),
@@ -61,6 +63,7 @@ Plugins (by the order they run in, APISIX priority):
   ai-proxy-multi     998  several instances: priority, weights, fallback, health checks
 
 Signals:
+  SIGHUP   re-read the config file's routes, services, upstreams and consumers
   SIGTERM  graceful shutdown (in-flight requests finish within the grace period)
   SIGINT   fast shutdown
   SIGQUIT  graceful upgrade hand-off (used with -u by the new process)

@@ -110,7 +110,7 @@ fn two_nodes_share_one_configuration_through_etcd_and_survive_its_outage() {
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(a.model(), (200, "one".into()));
     let took = b.wait_for((200, "one"), Duration::from_secs(3));
-    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
     // b's admin API shows it too, from etcd.
     let got = b.admin("GET", "/apisix/admin/routes/1", Value::Null);
     assert_eq!(got.status, 200, "{}", got.text());

@@ -1,4 +1,5 @@
-//! The etcd client (`aigate::sources::etcd::client`) against a real `etcd` over its HTTP/JSON gateway: reads,
+//! The etcd client (`aigate::sources::etcd::client`) against a real `etcd` over its HTTP/JSON
+//! gateway: reads,
 //! writes and deletes with revisions, watches (another client's changes in order, large values,
 //! several events per response, compacted start revisions, silent streams), etcd killed,
 //! restarted and hung, authentication, and a dead first endpoint.
