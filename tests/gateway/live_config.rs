@@ -252,3 +252,40 @@ fn what_the_admin_api_wrote_survives_a_restart_on_the_same_data_dir() {
     let (gw, _) = start();
     assert_eq!(ask(&gw).status, 404);
 }
+
+#[test]
+fn a_request_in_flight_finishes_on_the_configuration_it_started_with() {
+    let mock = Mock::start("m");
+    let gw = Gateway::start(&format!("routes:\n{}", route("a", "/a", &mock, "old")));
+    let port = gw.port;
+    // A stream of 10 events, 100 ms apart: it is still running when the route goes away.
+    let inflight = std::thread::spawn(move || {
+        let mut body = chat_body("hi");
+        body["stream"] = json!(true);
+        request(
+            port,
+            "POST",
+            "/a",
+            &[
+                ("content-type", "application/json"),
+                ("x-mock-chunks", "10"),
+                ("x-mock-chunk-delay-ms", "100"),
+            ],
+            body.to_string().as_bytes(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    rewrite(&gw, &format!("routes:\n{}", route("b", "/b", &mock, "new")));
+    hup(&gw);
+    wait_for(&gw, "/b", (200, "new"));
+    assert_eq!(
+        model(&gw, "/a").0,
+        404,
+        "the route is gone for new requests"
+    );
+    let r = inflight.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    assert!(text.contains("\"model\":\"old\""), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+}
