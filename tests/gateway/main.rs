@@ -31,3 +31,4 @@ mod routing;
 mod shared_quota;
 mod streaming;
 mod tls;
+mod upgrade;
