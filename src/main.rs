@@ -64,6 +64,7 @@ Plugins (by the order they run in, APISIX priority):
 
 Signals:
   SIGHUP   re-read the config file's routes, services, upstreams and consumers
+  SIGUSR1  reopen the access log (logrotate; a renamed file is also noticed within 1 s)
   SIGTERM  graceful shutdown (in-flight requests finish within the grace period)
   SIGINT   fast shutdown
   SIGQUIT  graceful upgrade hand-off (used with -u by the new process)

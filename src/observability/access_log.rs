@@ -257,6 +257,8 @@ pub struct AccessLog {
     target: Option<Target>,
     dropped: AtomicU64,
     stop: Arc<AtomicBool>,
+    /// Set on SIGUSR1: the writer reopens the file (logrotate's `postrotate`).
+    reopen: Arc<AtomicBool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -288,6 +290,7 @@ impl AccessLog {
             target,
             dropped: AtomicU64::new(0),
             stop: Arc::new(AtomicBool::new(false)),
+            reopen: Arc::new(AtomicBool::new(false)),
             writer: Mutex::new(None),
         })
     }
@@ -364,9 +367,10 @@ impl BackgroundService for AccessLogService {
             None => return,
         };
         let stop = log.stop.clone();
+        let reopen = log.reopen.clone();
         match std::thread::Builder::new()
             .name("aigate-access-log".into())
-            .spawn(move || write_loop(rx, target, &stop))
+            .spawn(move || write_loop(rx, target, &stop, &reopen))
         {
             Ok(h) => {
                 if let Ok(mut w) = log.writer.lock() {
@@ -375,22 +379,71 @@ impl BackgroundService for AccessLogService {
             }
             Err(e) => log::error!("cannot start the access log writer: {e}"),
         }
-        let _ = shutdown.changed().await;
+        // SIGUSR1 asks for a reopen (logrotate); a renamed file is also noticed on its own.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut usr1 = signal(SignalKind::user_defined1()).ok();
+        loop {
+            tokio::select! {
+                Some(()) = async { match usr1.as_mut() { Some(s) => s.recv().await, None => None } } => {
+                    log.reopen.store(true, Ordering::Release);
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 
-fn write_loop(rx: Receiver<String>, path: Option<String>, stop: &AtomicBool) {
-    let mut out: Box<dyn Write> = match &path {
-        None => Box::new(BufWriter::new(std::io::stdout())),
-        Some(p) => match open_append(p) {
-            Ok(f) => Box::new(BufWriter::with_capacity(64 * 1024, f)),
+/// How often the writer checks whether its file was renamed or removed (logrotate without
+/// `copytruncate` or a signal): lines written meanwhile go to the renamed file, none is lost.
+const RENAME_CHECK: Duration = Duration::from_secs(1);
+
+/// The file's identity (device, inode), to notice it was renamed away.
+fn identity(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+/// The writer's output and the identity of the file behind it (`None` for stdout).
+type Output = (Box<dyn Write>, Option<(u64, u64)>);
+
+/// Open `path` for the writer: the buffered writer and the file's identity.
+fn open_writer(path: &str) -> Result<Output, String> {
+    let f = open_append(path)?;
+    let id = f.metadata().ok().map(|m| identity(&m));
+    Ok((Box::new(BufWriter::with_capacity(64 * 1024, f)), id))
+}
+
+fn write_loop(rx: Receiver<String>, path: Option<String>, stop: &AtomicBool, reopen: &AtomicBool) {
+    let (mut out, mut id): Output = match &path {
+        None => (Box::new(BufWriter::new(std::io::stdout())), None),
+        Some(p) => match open_writer(p) {
+            Ok(w) => w,
             Err(e) => {
                 log::error!("{e}");
                 return;
             }
         },
     };
+    let mut checked = std::time::Instant::now();
     loop {
+        if let Some(p) = &path {
+            let asked = reopen.swap(false, Ordering::AcqRel);
+            let moved = checked.elapsed() >= RENAME_CHECK && {
+                checked = std::time::Instant::now();
+                std::fs::metadata(p).ok().map(|m| identity(&m)) != id
+            };
+            if asked || moved {
+                let _ = out.flush();
+                match open_writer(p) {
+                    Ok((w, i)) => {
+                        out = w;
+                        id = i;
+                    }
+                    // Keep writing where we were rather than lose lines.
+                    Err(e) => log::error!("access log reopen: {e}"),
+                }
+            }
+        }
         // Read the flag before draining, so lines queued before a stop are still written.
         let stopping = stop.load(Ordering::Acquire);
         let mut wrote = false;

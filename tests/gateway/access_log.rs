@@ -1107,3 +1107,77 @@ fn queued_lines_are_written_on_graceful_shutdown() {
     assert!(status.success(), "{status:?}");
     assert_eq!(gw.access_log().lines().count(), 25, "{}", gw.access_log());
 }
+
+/// Lines of a file (0 when it does not exist).
+fn lines_in(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn logrotate_by_rename_or_sigusr1_loses_no_line() {
+    let mock = Mock::start("m");
+    let gw = Gateway::start_with(
+        &format!("routes:{}", ai_route("r", "/chat", &mock, "m1", "")),
+        GatewayOpts {
+            log_format: Some("$request_uri $status"),
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.join("access.log");
+    let send = |tag: &str, n: usize| {
+        for i in 0..n {
+            let r = gw.chat(&format!("/chat?{tag}={i}"), &chat_body("hi"));
+            assert_eq!(r.status, 200);
+        }
+    };
+    let wait_total = |files: &[&std::path::Path], want: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let n: usize = files.iter().map(|f| lines_in(f).len()).sum();
+            if n >= want || Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    send("a", 5);
+    assert_eq!(wait_total(&[&log], 5), 5);
+
+    // logrotate without a signal: the file is renamed; the writer notices within a second and
+    // opens a new one. Lines written meanwhile land in the renamed file.
+    let rotated = gw.dir.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    send("b", 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    send("c", 4);
+    assert_eq!(wait_total(&[&log, &rotated], 12), 12);
+    let fresh = lines_in(&log);
+    assert!(fresh.iter().all(|l| l.contains("c=")), "{fresh:?}");
+    assert_eq!(fresh.len(), 4, "{fresh:?}");
+
+    // With SIGUSR1 (logrotate's postrotate), the next lines go to the new file at once.
+    let rotated2 = gw.dir.join("access.log.2");
+    std::fs::rename(&log, &rotated2).unwrap();
+    let ok = Command::new("kill")
+        .args(["-USR1", &gw.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    std::thread::sleep(Duration::from_millis(200));
+    send("d", 5);
+    assert_eq!(wait_total(&[&log, &rotated, &rotated2], 17), 17);
+    let fresh = lines_in(&log);
+    assert_eq!(fresh.len(), 5, "{fresh:?}");
+    assert!(fresh.iter().all(|l| l.contains("d=")), "{fresh:?}");
+    // The gateway is still up and logging to the new file.
+    assert!(
+        gw.error_log().lines().all(|l| !l.contains("ERROR")),
+        "{}",
+        gw.error_log()
+    );
+}
