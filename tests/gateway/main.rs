@@ -30,5 +30,6 @@ mod redis_server;
 mod routing;
 mod shared_quota;
 mod streaming;
+mod systemd;
 mod tls;
 mod upgrade;
