@@ -150,8 +150,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Downstream<A> {
         let l = &self.limits;
         let mut shutdown = shutdown.clone();
         let mut idle = l.header_timeout;
+        let mut first = true;
         loop {
-            let head = read_head(&mut stream, idle, l, &mut shutdown).await;
+            let head = read_head(&mut stream, idle, l, &mut shutdown, first).await;
+            first = false;
             let buf = match head {
                 Head::Ready(buf) => buf,
                 Head::Gone => return None,
@@ -194,7 +196,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Downstream<A> {
     }
 }
 
-/// Read one request header. `idle`: how long to wait for its first byte.
+/// Read one request header. `idle`: how long to wait for its first byte. `first`: the
+/// connection's first request: a client that just connected has a request on its way, so it is
+/// read and served even when the server is shutting down (a hand-off's last accepted connections
+/// would otherwise be closed unanswered); only an idle keep-alive connection is closed then.
 ///
 /// A timer is registered only when a read has to wait (tokio's `timeout` polls the read first):
 /// a header that is already there, the common case under load, costs none. (Pingora's fast
@@ -204,8 +209,9 @@ async fn read_head(
     idle: Duration,
     l: &ClientLimits,
     shutdown: &mut ShutdownWatch,
+    first: bool,
 ) -> Head {
-    if *shutdown.borrow() {
+    if !first && *shutdown.borrow() {
         return Head::Gone;
     }
     // Most headers are a few hundred bytes: one small allocation, grown only for big ones.
@@ -243,7 +249,7 @@ async fn read_head(
                     Ok(r) => r,
                     Err(_) => return Head::Gone,
                 },
-                _ = shutdown.changed() => return Head::Gone,
+                _ = shutdown.changed(), if !first => return Head::Gone,
             },
         };
         match result {

@@ -21,7 +21,10 @@ fn the_unit_verifies_and_documents_settings_the_binary_accepts() {
         .take_while(|l| l.starts_with("#   ") || l.starts_with("#     "))
         .map(|l| format!("{}\n", &l[4..]))
         .collect();
-    assert!(server.contains("pid_file: /run/aigate/aigate.pid"), "{server}");
+    assert!(
+        server.contains("pid_file: /run/aigate/aigate.pid"),
+        "{server}"
+    );
     let text = format!("{server}gateway:\n  listen: 127.0.0.1:9999\nroutes: []\n");
     let (ok, out) = check_config(&text, &[]);
     assert!(ok, "{text}\n{out}");
@@ -46,5 +49,8 @@ fn the_unit_verifies_and_documents_settings_the_binary_accepts() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{said}");
-    assert!(!said.contains("aigate.service:"), "warnings about the unit: {said}");
+    assert!(
+        !said.contains("aigate.service:"),
+        "warnings about the unit: {said}"
+    );
 }
