@@ -289,3 +289,36 @@ fn a_request_in_flight_finishes_on_the_configuration_it_started_with() {
     assert!(text.contains("\"model\":\"old\""), "{text}");
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
 }
+
+#[test]
+fn an_id_both_in_the_file_and_the_data_dir_refuses_to_start_naming_it() {
+    let mock = Mock::start("m");
+    let dir = scratch_dir();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let stored = json!({"version": 1, "index": 3, "resources": [
+        {"kind": "routes", "id": "a", "value": {"id": "a", "uri": "/x", "upstream": {"nodes": {"127.0.0.1:9": 1}}},
+         "created_index": 3, "modified_index": 3}
+    ]});
+    std::fs::write(data.join("resources.json"), stored.to_string()).unwrap();
+    let text = config_text(
+        free_port(),
+        &dir,
+        &format!("routes:\n{}", route("a", "/a", &mock, "m")),
+        &GatewayOpts::default(),
+    );
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(AIGATE)
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gateway.data_dir")
+            && err.contains("route \"a\" is both in the config file and in the store"),
+        "{err}"
+    );
+}
