@@ -118,6 +118,7 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
         max_body_size: gw.max_body_size,
         body_total_timeout: limits.body_total_timeout,
         body_budget: gw.max_inflight_body_bytes.map(BodyBudget::new),
+        debug_headers: gw.debug_headers,
     };
     // The proxy runs inside `Downstream`, which enforces the client-side limits around it.
     let proxy = pingora_proxy::http_proxy(&server.configuration, gateway);

@@ -46,6 +46,7 @@ Config file sections:
             store {type: etcd, endpoints, prefix (/aigate), timeout (5), user, password},
             access_log {path: file | - | off, format: nginx-style $variables}, max_body_size,
             max_inflight_body_bytes (all buffered bodies together; no default),
+            debug_headers (false; true adds X-AIGate-Overhead-Us to answers),
             client limits in seconds: client_header_timeout (60), client_body_timeout (60),
             client_body_total_timeout (300), keepalive_timeout (75), send_timeout (60);
             max_header_size (65536 bytes), max_connections (from the fd limit),

@@ -17,6 +17,8 @@ pub struct GatewaySettings {
     pub access_log_format: Format,
     pub max_body_size: u64,
     pub max_inflight_body_bytes: Option<u64>,
+    /// `gateway.debug_headers`.
+    pub debug_headers: bool,
     pub limits: ClientLimits,
     /// `gateway.max_connections` as configured (`None`: derived from the fd limit at start).
     pub max_connections: Option<u64>,
@@ -152,6 +154,7 @@ impl GatewaySettings {
             access_log_format,
             max_body_size: gw.max_body_size,
             max_inflight_body_bytes: gw.max_inflight_body_bytes,
+            debug_headers: gw.debug_headers,
             limits,
             max_connections: gw.max_connections,
             dns,

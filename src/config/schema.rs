@@ -112,6 +112,9 @@ pub struct GatewayConf {
     /// All request bodies held in memory at once, in bytes; absent = no budget.
     #[serde(default)]
     pub max_inflight_body_bytes: Option<u64>,
+    /// Add `X-AIGate-Overhead-Us` (the gateway's own time before the answer) to answers.
+    #[serde(default)]
+    pub debug_headers: bool,
 }
 
 /// `gateway.store`: resources kept in etcd (v3), shared by every node on the same prefix.
@@ -172,6 +175,7 @@ impl Default for GatewayConf {
             max_connections: None,
             dns: DnsConf::default(),
             max_inflight_body_bytes: None,
+            debug_headers: false,
         }
     }
 }

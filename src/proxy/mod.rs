@@ -40,6 +40,8 @@ pub struct Gateway {
     pub body_total_timeout: Duration,
     /// `gateway.max_inflight_body_bytes`: all buffered request bodies together.
     pub body_budget: Option<Arc<body_budget::BodyBudget>>,
+    /// `gateway.debug_headers`: answers carry the gateway's own time (`X-AIGate-Overhead-Us`).
+    pub debug_headers: bool,
 }
 
 /// Keep the gateway's own error for `fail_to_proxy` (it answers with its type and code) and
@@ -215,6 +217,12 @@ impl ProxyHttp for Gateway {
         }
         if let Some(chain) = ctx.plugins.chain.clone() {
             chain.header_filter(upstream_response, &mut ctx.plugins);
+        }
+        if self.debug_headers {
+            let _ = upstream_response.insert_header(
+                "x-aigate-overhead-us",
+                response::overhead_us(ctx).to_string(),
+            );
         }
         Ok(())
     }

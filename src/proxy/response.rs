@@ -254,3 +254,15 @@ fn concat(a: Option<Bytes>, b: Bytes) -> Bytes {
         }
     }
 }
+
+/// The gateway's own time so far, in microseconds: since the request arrived, minus the time the
+/// answering upstream attempt took from its start (peer selection, connecting) to its header.
+/// Earlier attempts that fell back count as the gateway's.
+pub fn overhead_us(ctx: &RequestCtx) -> u64 {
+    let total = ctx.started.elapsed();
+    let upstream = match (ctx.upstream_started, ctx.upstream_header_at) {
+        (Some(s), Some(h)) => h.saturating_duration_since(s),
+        _ => std::time::Duration::ZERO,
+    };
+    total.saturating_sub(upstream).as_micros() as u64
+}

@@ -322,3 +322,34 @@ fn an_id_both_in_the_file_and_the_data_dir_refuses_to_start_naming_it() {
         "{err}"
     );
 }
+
+#[test]
+fn debug_headers_report_the_gateways_own_time_without_the_providers() {
+    let mock = Mock::start("m");
+    let on = Gateway::start_with(
+        &format!("routes:\n{}", route("a", "/a", &mock, "m")),
+        GatewayOpts {
+            gateway_extra: "  debug_headers: true\n",
+            ..Default::default()
+        },
+    );
+    // The provider takes 300 ms; the gateway's own share is a small part of the total.
+    let t = Instant::now();
+    let r = on.chat_with("/a", &[("x-mock-delay-ms", "300")], &chat_body("hi"));
+    let total = t.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let us: u64 = r
+        .header("x-aigate-overhead-us")
+        .expect("the overhead header")
+        .parse()
+        .unwrap();
+    assert!(total >= Duration::from_millis(300), "{total:?}");
+    assert!(us < 100_000, "{us} us of {total:?}");
+    // Off by default.
+    let off = Gateway::start(&format!("routes:\n{}", route("a", "/a", &mock, "m")));
+    assert_eq!(
+        off.chat("/a", &chat_body("hi"))
+            .header("x-aigate-overhead-us"),
+        None
+    );
+}
