@@ -706,14 +706,19 @@ impl Template {
             match p {
                 Piece::Lit(l) => out.push_str(l),
                 Piece::Var(v) => {
+                    // The consumer and the route are borrowed, not copied, into the key.
+                    let owned;
                     let value = match v {
-                        KeyVar::Request(var) => var.read_string(req),
-                        KeyVar::ConsumerName => ctx.consumer.as_ref().map(|c| c.username.clone()),
-                        KeyVar::RouteId => ctx.route_id.as_deref().map(str::to_string),
+                        KeyVar::Request(var) => {
+                            owned = var.read_string(req);
+                            owned.as_deref()
+                        }
+                        KeyVar::ConsumerName => ctx.consumer.as_ref().map(|c| c.username.as_str()),
+                        KeyVar::RouteId => ctx.route_id.as_deref(),
                     };
                     if let Some(value) = value {
                         resolved += 1;
-                        out.push_str(&value);
+                        out.push_str(value);
                     }
                 }
             }

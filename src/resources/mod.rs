@@ -442,6 +442,16 @@ impl Resources {
         Ok(())
     }
 
+    /// The resources of `origin`, by kind (what a store keeps: the admin origin's).
+    pub fn iter_origin(&self, origin: Origin) -> impl Iterator<Item = (Kind, &String, &Resource)> {
+        Kind::ALL.into_iter().flat_map(move |kind| {
+            self.map(kind)
+                .iter()
+                .filter(move |(_, r)| r.origin == origin)
+                .map(move |(id, r)| (kind, id, r))
+        })
+    }
+
     /// Only the resources of `origin`.
     pub fn of_origin(&self, origin: Origin) -> Resources {
         let mut out = Resources {

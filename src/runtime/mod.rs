@@ -499,7 +499,7 @@ impl Store {
         let mut cache = d.cache.clone();
         let snapshot = Snapshot::compile(&next, &mut cache)
             .map_err(|e| ApplyError::Change(ChangeError::Invalid(e)))?;
-        persist(&next.of_origin(crate::resources::Origin::Admin)).map_err(ApplyError::Store)?;
+        persist(&next).map_err(ApplyError::Store)?;
         crate::observability::redact::set_secrets(snapshot.credentials());
         self.current.store(Arc::new(snapshot));
         d.resources = next;

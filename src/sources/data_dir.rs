@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use super::Persist;
-use crate::resources::{Kind, Resources};
+use crate::resources::{Kind, Origin, Resources};
 
 const FILE: &str = "resources.json";
 const VERSION: u64 = 1;
@@ -92,18 +92,18 @@ impl DataDir {
 
     fn write(&self, admin: &Resources) -> std::io::Result<()> {
         fs::create_dir_all(&self.dir)?;
-        let mut items = Vec::with_capacity(admin.len());
-        for kind in Kind::ALL {
-            for (id, r) in admin.map(kind) {
-                items.push(json!({
+        let items: Vec<Value> = admin
+            .iter_origin(Origin::Admin)
+            .map(|(kind, id, r)| {
+                json!({
                     "kind": kind.as_str(),
                     "id": id,
                     "value": &*r.value,
                     "created_index": r.created_index,
                     "modified_index": r.modified_index,
-                }));
-            }
-        }
+                })
+            })
+            .collect();
         let doc = json!({"version": VERSION, "index": admin.index, "resources": items});
         let bytes = serde_json::to_vec(&doc).map_err(std::io::Error::other)?;
         let tmp = self.dir.join(format!(".{FILE}.tmp"));

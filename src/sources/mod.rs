@@ -12,8 +12,10 @@ use crate::resources::Resources;
 
 /// Where the admin API's resources are kept, written before a change is published.
 pub trait Persist: Send + Sync + 'static {
-    /// Save the whole admin-origin state. An error refuses the change (nothing is published).
-    fn save(&self, admin: &Resources) -> Result<(), String>;
+    /// Save the admin-origin resources of `desired` (the whole desired state after the change;
+    /// the file's resources are not the store's). An error refuses the change (nothing is
+    /// published).
+    fn save(&self, desired: &Resources) -> Result<(), String>;
 }
 
 /// Keep nothing (tests, and `-t`).

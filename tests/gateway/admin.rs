@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -78,14 +78,6 @@ pub fn start_admin(resources: &str, admin_extra: &str) -> (Gateway, Admin) {
             key: KEY.into(),
         },
     )
-}
-
-fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the admin API is not listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// What the shell makes of a seed's `-d '...'` argument: `'"$VAR"'` is the variable's value.

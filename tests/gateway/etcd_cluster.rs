@@ -31,11 +31,7 @@ fn node(etcd: &EtcdServer) -> Node {
             ..Default::default()
         },
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
-        assert!(Instant::now() < deadline, "admin API not listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(admin);
     Node { gw, admin }
 }
 

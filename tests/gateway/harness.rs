@@ -638,6 +638,16 @@ impl Conn {
     }
 }
 
+/// Wait (at most 10 s) until something listens on `port` (an admin API, a gateway started by
+/// hand).
+pub fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// One request on a fresh connection.
 pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
     Conn::open(port).request(method, path, headers, body)

@@ -187,11 +187,7 @@ fn what_the_admin_api_wrote_survives_a_restart_on_the_same_data_dir() {
                 ..Default::default()
             },
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "admin API not listening");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port);
         (gw, port)
     };
     let admin = |port: u16, method: &str, path: &str, body: serde_json::Value| {

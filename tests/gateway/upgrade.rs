@@ -47,14 +47,6 @@ fn spawn(s: &Setup, upgrade: bool, n: usize) -> Child {
         .expect("start aigate")
 }
 
-fn wait_serving(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "not listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn signal(child: &Child, sig: libc::c_int) {
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
@@ -140,7 +132,7 @@ fn two_upgrades_in_a_row_under_load_drop_nothing_and_cut_no_stream() {
     let mock = Mock::start("m");
     let s = setup(&mock);
     let mut old = spawn(&s, false, 0);
-    wait_serving(s.port);
+    wait_listening(s.port);
 
     let stop = Arc::new(AtomicBool::new(false));
     let loops = steady_loop(s.port, stop.clone());
@@ -207,7 +199,7 @@ fn sigterm_lets_streams_in_flight_finish_within_the_grace_period() {
     let mock = Mock::start("m");
     let s = setup(&mock);
     let mut gw = spawn(&s, false, 0);
-    wait_serving(s.port);
+    wait_listening(s.port);
     let streams: Vec<_> = (0..3).map(|i| stream(s.port, i, 10, 200)).collect();
     std::thread::sleep(Duration::from_millis(400));
     let t = Instant::now();

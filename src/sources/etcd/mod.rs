@@ -113,14 +113,12 @@ impl Persist for EtcdStore {
         let mut now_served = HashSet::new();
         {
             let known = self.known();
-            for kind in Kind::ALL {
-                for (id, r) in admin.map(kind) {
-                    let key = key_of(kind, id);
-                    if known.values.get(&key).is_none_or(|v| **v != *r.value) {
-                        ops.push((key.clone(), Some(r.value.clone())));
-                    }
-                    now_served.insert(key);
+            for (kind, id, r) in admin.iter_origin(Origin::Admin) {
+                let key = key_of(kind, id);
+                if known.values.get(&key).is_none_or(|v| **v != *r.value) {
+                    ops.push((key.clone(), Some(r.value.clone())));
                 }
+                now_served.insert(key);
             }
             for key in &known.served {
                 if !now_served.contains(key) {
