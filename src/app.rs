@@ -11,6 +11,7 @@ use crate::config::gateway::GatewaySettings;
 use crate::config::{self, ConfigError};
 use crate::downstream::{fdlimit, Downstream};
 use crate::observability::access_log::{AccessLog, AccessLogService};
+use crate::observability::metrics_http::MetricsService;
 use crate::proxy::body_budget::BodyBudget;
 use crate::proxy::Gateway;
 use crate::resources::Resources;
@@ -53,6 +54,11 @@ fn validate(loaded: config::Loaded, path: &str) -> Result<Prepared, ConfigError>
     if let Some(key) = gateway.admin.as_ref().and_then(|a| a.key.as_deref()) {
         // Whatever logs a request's headers (Pingora's tracing) never shows the admin key.
         crate::observability::redact::keep_secret(key);
+    }
+    // Before the config is compiled: every route compiled from now on is measured.
+    if let Some(m) = &gateway.metrics {
+        crate::observability::metrics::init(m.clone())
+            .map_err(|msg| ConfigError::new("gateway.metrics", msg))?;
     }
     // Before the config is compiled: its health probes get their connectors as they are built.
     crate::net::tls::init(&loaded.server);
@@ -173,6 +179,19 @@ pub fn run(prepared: Prepared, upgrade: bool, daemon: bool) -> Result<(), String
                 ""
             }
         );
+    }
+    if let (Some(settings), Some(metrics)) = (&gw.metrics, crate::observability::metrics::global())
+    {
+        let mut service = pingora_core::services::listening::Service::new(
+            "aigate metrics".to_string(),
+            MetricsService {
+                metrics: metrics.clone(),
+                store: store.clone(),
+            },
+        );
+        service.add_tcp(&settings.listen.to_string());
+        server.add_service(service);
+        log::info!("metrics listening on http://{}/metrics", settings.listen);
     }
     // Active health probes of whatever config is live (ai-proxy-multi `checks.active`).
     server.add_service(background_service(

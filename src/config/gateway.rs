@@ -3,11 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::schema::{AdminConf, DnsConf, GatewayConf};
+use super::schema::{AdminConf, DnsConf, GatewayConf, MetricsConf};
 use super::{limits, ConfigError};
 use crate::downstream::{self, ClientLimits};
 use crate::net::dns::DnsSettings;
 use crate::observability::access_log::{Format, DEFAULT_FORMAT};
+use crate::observability::metrics::{self, MetricsSettings};
 use crate::router::cidr::Cidr;
 
 /// `gateway:`, validated.
@@ -27,6 +28,8 @@ pub struct GatewaySettings {
     pub admin: Option<AdminSettings>,
     /// `gateway.store`: etcd for a cluster (`None`: `gateway.data_dir`).
     pub store: Option<crate::sources::etcd::client::EtcdSettings>,
+    /// `gateway.metrics`, when metrics are on.
+    pub metrics: Option<MetricsSettings>,
 }
 
 /// `gateway.admin`, validated.
@@ -50,6 +53,47 @@ impl std::fmt::Debug for AdminSettings {
             .field("redact_secrets", &self.redact_secrets)
             .finish()
     }
+}
+
+/// The metrics listener's default address, as APISIX's `prometheus` export address.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9091";
+
+fn metrics_settings(m: &MetricsConf) -> Result<MetricsSettings, ConfigError> {
+    let l = m.listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN);
+    let listen = l.parse::<SocketAddr>().map_err(|_| {
+        ConfigError::new(
+            "gateway.metrics.listen",
+            format!("{l:?} is not an ip:port address"),
+        )
+    })?;
+    let prefix = m
+        .metric_prefix
+        .clone()
+        .unwrap_or_else(|| metrics::DEFAULT_PREFIX.to_string());
+    // Prometheus's metric name syntax, [a-zA-Z_:][a-zA-Z0-9_:]*; empty is allowed.
+    let valid = prefix.chars().enumerate().all(|(i, c)| {
+        c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+    });
+    if !valid {
+        return Err(ConfigError::new(
+            "gateway.metrics.metric_prefix",
+            format!("{prefix:?} is not a valid start of a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)"),
+        ));
+    }
+    let max_model_labels = m
+        .max_model_labels
+        .unwrap_or(metrics::DEFAULT_MAX_MODEL_LABELS as u64);
+    if !(1..=10_000).contains(&max_model_labels) {
+        return Err(ConfigError::new(
+            "gateway.metrics.max_model_labels",
+            "must be between 1 and 10000",
+        ));
+    }
+    Ok(MetricsSettings {
+        listen,
+        prefix,
+        max_model_labels: max_model_labels as usize,
+    })
 }
 
 /// The admin API's default address, as APISIX's.
@@ -146,6 +190,21 @@ impl GatewaySettings {
                 .map_err(|m| ConfigError::new("gateway.access_log.format", m))?;
         let admin = gw.admin.as_ref().map(admin_settings).transpose()?;
         let store = gw.store.as_ref().map(store_settings).transpose()?;
+        let metrics = gw.metrics.as_ref().map(metrics_settings).transpose()?;
+        if let Some(m) = metrics.as_ref().filter(|m| listen.contains(&m.listen)) {
+            return Err(ConfigError::new(
+                "gateway.metrics.listen",
+                format!("{} is also in gateway.listen", m.listen),
+            ));
+        }
+        if let (Some(m), Some(a)) = (&metrics, &admin) {
+            if m.listen == a.listen {
+                return Err(ConfigError::new(
+                    "gateway.metrics.listen",
+                    format!("{} is also gateway.admin.listen", m.listen),
+                ));
+            }
+        }
         let limits = client_limits(gw)?;
         let dns = dns_settings(&gw.dns)?;
         Ok(GatewaySettings {
@@ -160,6 +219,7 @@ impl GatewaySettings {
             dns,
             admin,
             store,
+            metrics,
         })
     }
 }

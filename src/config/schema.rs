@@ -76,6 +76,9 @@ pub struct GatewayConf {
     pub listen: OneOrMany<String>,
     #[serde(default)]
     pub admin: Option<AdminConf>,
+    /// Prometheus metrics on their own listener (absent: off).
+    #[serde(default)]
+    pub metrics: Option<MetricsConf>,
     #[serde(default = "default_data_dir")]
     pub data_dir: String,
     /// Where the admin API's resources are kept for a cluster (absent: `data_dir`).
@@ -162,6 +165,7 @@ impl Default for GatewayConf {
         GatewayConf {
             listen: default_listen(),
             admin: None,
+            metrics: None,
             store: None,
             data_dir: default_data_dir(),
             access_log: AccessLogConf::default(),
@@ -206,6 +210,21 @@ pub struct AdminConf {
     /// Show provider and consumer secrets as `******` in GET answers.
     #[serde(default)]
     pub redact_secrets: bool,
+}
+
+/// `gateway.metrics`: `GET /metrics` in Prometheus's text format.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConf {
+    /// `ip:port` of the metrics listener (default 127.0.0.1:9091, APISIX's).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Put in front of every metric name (default `aigate_`; `apisix_` keeps APISIX's names).
+    #[serde(default)]
+    pub metric_prefix: Option<String>,
+    /// Distinct model names used as label values; later ones are counted as `other`.
+    #[serde(default)]
+    pub max_model_labels: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

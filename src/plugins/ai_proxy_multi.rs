@@ -486,6 +486,13 @@ impl Plugin for Arc<AiProxyMulti> {
     fn instance_names(&self) -> Vec<&str> {
         self.instances.iter().map(|i| i.llm.name.as_str()).collect()
     }
+
+    fn instance_health(&self) -> Vec<(&str, bool)> {
+        self.instances
+            .iter()
+            .map(|i| (i.llm.name.as_str(), i.healthy()))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
@@ -39,6 +39,34 @@ pub struct PluginCtx {
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// ai-rate-limiting's reservations for this request.
     pub quota: Option<Box<RequestQuota>>,
+    /// How the request ended, set by the glue before the log phase.
+    pub outcome: Outcome,
+    /// The gauges `prometheus` raised for this request (lowered in its log phase).
+    pub measured: Measured,
+}
+
+/// How a request ended, as the log phase sees it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Outcome {
+    /// The status the client got (499: it left first; 0: none).
+    pub status: u16,
+    /// From the request's arrival to now.
+    pub total: Duration,
+    /// The upstream's part of it (from the first attempt's send to the answer's end).
+    pub upstream: Option<Duration>,
+    /// A plain upstream route: the index of the node that served (or was tried last).
+    pub upstream_node: Option<usize>,
+    /// A plugin refused the request (a spent quota).
+    pub refused: bool,
+    /// A stale pooled connection failed and the attempt was retried on a fresh one.
+    pub stale_retry: bool,
+}
+
+/// Gauges raised for a request, so the log phase lowers exactly those.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Measured {
+    pub in_flight: bool,
+    pub stream: bool,
 }
 
 /// The request as plugins see it in the request phases.

@@ -13,6 +13,7 @@ pub mod chain;
 pub mod consumer;
 pub mod ctx;
 pub mod key_auth;
+pub mod prometheus;
 pub mod registry;
 
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use crate::config::ConfigError;
 use crate::error::Rejection;
 
 #[async_trait]
-pub trait Plugin: Send + Sync + 'static {
+pub trait Plugin: std::any::Any + Send + Sync {
     /// The name in `plugins:`.
     fn name(&self) -> &'static str;
 
@@ -98,6 +99,11 @@ pub trait Plugin: Send + Sync + 'static {
     /// The LLM instances this plugin serves, by the names quotas and headers use
     /// (`ai-proxy-<provider>` for ai-proxy, each instance's `name` for ai-proxy-multi).
     fn instance_names(&self) -> Vec<&str> {
+        Vec::new()
+    }
+
+    /// The health of each instance this plugin balances over (name, healthy), for metrics.
+    fn instance_health(&self) -> Vec<(&str, bool)> {
         Vec::new()
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use super::consumer::Credential;
-use super::{ai_proxy, ai_proxy_multi, ai_rate_limiting, key_auth, Plugin};
+use super::{ai_proxy, ai_proxy_multi, ai_rate_limiting, key_auth, prometheus, Plugin};
 use crate::config::ConfigError;
 
 /// Builds a plugin from its config; `path` is the config path of the plugin's object, `owner`
@@ -43,6 +43,7 @@ const PLUGINS: &[&Registration] = &[
     &ai_proxy::REGISTRATION,
     &ai_proxy_multi::REGISTRATION,
     &ai_rate_limiting::REGISTRATION,
+    &prometheus::REGISTRATION,
 ];
 
 pub fn find(name: &str) -> Option<&'static Registration> {

@@ -40,6 +40,18 @@ impl LogView<'_> {
         0
     }
 
+    /// What the log phase of plugins sees of how the request ended.
+    pub fn outcome(&self) -> crate::plugins::ctx::Outcome {
+        crate::plugins::ctx::Outcome {
+            status: self.status(),
+            total: self.now.saturating_duration_since(self.ctx.started),
+            upstream: self.upstream_time(),
+            upstream_node: self.ctx.upstream_node,
+            refused: self.ctx.refused,
+            stale_retry: self.ctx.stale_retry,
+        }
+    }
+
     fn tokens(&self) -> Option<crate::llm::usage::Usage> {
         self.ctx.plugins.llm.as_ref().and_then(|l| l.usage)
     }

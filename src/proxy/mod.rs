@@ -289,15 +289,18 @@ impl ProxyHttp for Gateway {
             let _ = session.downstream_session.drain_request_body().await;
         }
         response::settle_usage(ctx);
-        if let Some(chain) = ctx.plugins.chain.clone() {
-            chain.log(&mut ctx.plugins).await;
+        let now = Instant::now();
+        ctx.plugins.outcome = logging::LogView { session, ctx, now }.outcome();
+        match ctx.plugins.chain.clone() {
+            Some(chain) => chain.log(&mut ctx.plugins).await,
+            None => {
+                if let Some(m) = crate::observability::metrics::global() {
+                    m.count_unrouted(ctx.plugins.outcome.status);
+                }
+            }
         }
         if self.access_log.enabled() {
-            let view = logging::LogView {
-                session,
-                ctx,
-                now: Instant::now(),
-            };
+            let view = logging::LogView { session, ctx, now };
             self.access_log.log(&view);
         }
     }

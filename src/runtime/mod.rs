@@ -384,6 +384,10 @@ fn compile_route(
             "ai-proxy passthrough needs the route's upstream to send the answer to".into(),
         ));
     }
+    let chain = match crate::observability::metrics::global() {
+        Some(m) => with_metrics(m, chain, r, service, upstream.as_deref()),
+        None => chain,
+    };
     let entry = RouteEntry {
         id: 0,
         uris,
@@ -401,6 +405,46 @@ fn compile_route(
         },
         entry,
     ))
+}
+
+/// `gateway.metrics` is on: the route's chain with a `prometheus` bound to this route (in
+/// place of one configured on the route or its service, whose `prefer_name` it keeps).
+fn with_metrics(
+    m: &Arc<crate::observability::metrics::Metrics>,
+    chain: Chain,
+    r: &RouteConf,
+    service: Option<&Service>,
+    upstream: Option<&Upstream>,
+) -> Chain {
+    use crate::plugins::prometheus::{Prometheus, RouteLabels, NAME};
+    let route_id = r.id.to_string();
+    let service_id = service.map(|s| s.conf.id.to_string());
+    let bound = Prometheus::bind(
+        m,
+        &chain,
+        RouteLabels {
+            id: &route_id,
+            name: r.name.as_deref(),
+            service_id: service_id.as_deref(),
+            service_name: service.and_then(|s| s.conf.name.as_deref()),
+            upstream_nodes: upstream
+                .map(|u| {
+                    u.nodes
+                        .iter()
+                        .map(|n| format!("{}:{}", n.host, n.port))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
+    );
+    let mut plugins: Vec<Arc<dyn Plugin>> = chain
+        .plugins()
+        .iter()
+        .filter(|p| p.name() != NAME)
+        .cloned()
+        .collect();
+    plugins.push(Arc::new(bound));
+    Chain::new(plugins)
 }
 
 /// The live configuration: the desired state and the snapshot compiled from it, swapped

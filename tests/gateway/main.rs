@@ -20,6 +20,7 @@ mod etcd_server;
 mod etcd_store;
 mod limits;
 mod live_config;
+mod metrics;
 mod multi;
 mod passthrough;
 mod providers;
