@@ -42,6 +42,8 @@ Config file sections:
             admin {listen (127.0.0.1:9180), key (X-API-KEY; required off loopback),
                    allow [CIDR, ...], redact_secrets}: the APISIX admin API
                    (/apisix/admin/routes, services, upstreams, consumers, credentials),
+            metrics {listen (127.0.0.1:9091), metric_prefix (aigate_), max_model_labels
+                     (100)}: Prometheus text format at GET /metrics,
             data_dir (./data: where admin API changes are kept), or for a cluster
             store {type: etcd, endpoints, prefix (/aigate), timeout (5), user, password},
             access_log {path: file | - | off, format: nginx-style $variables}, max_body_size,
@@ -62,6 +64,8 @@ Plugins (by the order they run in, APISIX priority):
                           counted in this process or shared through Redis (policy: redis)
   ai-proxy           999  one LLM provider instance
   ai-proxy-multi     998  several instances: priority, weights, fallback, health checks
+  prometheus         500  on every route when gateway.metrics is set ({prefer_name: true}
+                          labels routes and services by name)
 
 Signals:
   SIGHUP   re-read the config file's routes, services, upstreams and consumers

@@ -16,22 +16,30 @@ use crate::harness::*;
 struct Setup {
     dir: std::path::PathBuf,
     port: u16,
+    /// The metrics listener: it must pass to the new process like the data plane's.
+    metrics_port: u16,
     config: std::path::PathBuf,
 }
 
 fn setup(mock: &Mock) -> Setup {
     let dir = scratch_dir();
     let port = free_port();
+    let metrics_port = free_port();
     let d = dir.display();
     let text = format!(
         "server:\n  threads: 2\n  pid_file: {d}/aigate.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 5\n  graceful_shutdown_timeout_seconds: 10\n\
-         gateway:\n  listen: 127.0.0.1:{port}\n  data_dir: {d}/data\n  access_log:\n    path: {d}/access.log\n    format: '$request_uri $status $llm_total_tokens'\n\
+         gateway:\n  listen: 127.0.0.1:{port}\n  metrics: {{ listen: \"127.0.0.1:{metrics_port}\" }}\n  data_dir: {d}/data\n  access_log:\n    path: {d}/access.log\n    format: '$request_uri $status $llm_total_tokens'\n\
          routes:\n  - id: chat\n    uri: /chat/*\n    plugins:\n      ai-proxy:\n        provider: openai-compatible\n        auth: {{ header: {{ Authorization: \"Bearer k\" }} }}\n        override: {{ endpoint: \"{}\" }}\n",
         mock.chat_url()
     );
     let config = dir.join("config.yaml");
     std::fs::write(&config, text).unwrap();
-    Setup { dir, port, config }
+    Setup {
+        dir,
+        port,
+        metrics_port,
+        config,
+    }
 }
 
 fn spawn(s: &Setup, upgrade: bool, n: usize) -> Child {
@@ -154,6 +162,10 @@ fn two_upgrades_in_a_row_under_load_drop_nothing_and_cut_no_stream() {
         let status = wait_exit(&mut old, Duration::from_secs(20));
         assert!(status.success(), "old process exited with {status}");
         old = new;
+        // The metrics listener came over too, and it is the new process's.
+        let r = request(s.metrics_port, "GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200);
+        assert!(r.text().contains("aigate_http_status{"), "{}", r.text());
     }
     // The last process still serves, then everything stops.
     std::thread::sleep(Duration::from_millis(300));
