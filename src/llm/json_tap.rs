@@ -201,11 +201,11 @@ impl JsonTap {
                     i += 1;
                 }
                 St::NestedStr | St::InStr | St::InKey => {
-                    while i < n && buf[i] != b'"' && buf[i] != b'\\' {
-                        i += 1;
-                    }
-                    if i == n {
-                        break;
+                    // memchr's SIMD search: strings (message content, embeddings' base64) are
+                    // most of an answer's bytes.
+                    match memchr::memchr2(b'"', b'\\', &buf[i..]) {
+                        Some(at) => i += at,
+                        None => break,
                     }
                     let quote = buf[i] == b'"';
                     match (self.st, quote) {

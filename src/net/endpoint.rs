@@ -1,6 +1,9 @@
 //! Provider endpoint URLs (`override.endpoint`, default endpoints, `token_uri`).
 
 use std::fmt;
+use std::sync::OnceLock;
+
+use http::HeaderValue;
 
 /// A parsed `http(s)://host[:port][/path][?query]` URL. Parsed once at config load; the request
 /// path only reads fields.
@@ -14,7 +17,30 @@ pub struct Endpoint {
     pub path: String,
     /// Query without the '?', if any.
     pub query: Option<String>,
+    /// The `Host` value and the request target without extra query, built on first use: every
+    /// request to this endpoint sends the same (and formatting and parsing them per request
+    /// showed under callgrind).
+    host_value: Cache<HeaderValue>,
+    plain_uri: Cache<http::Uri>,
 }
+
+/// A value derived from the endpoint's fields: not part of what the endpoint is.
+#[derive(Debug, Clone)]
+struct Cache<T>(OnceLock<T>);
+
+impl<T> Default for Cache<T> {
+    fn default() -> Self {
+        Cache(OnceLock::new())
+    }
+}
+
+impl<T> PartialEq for Cache<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> Eq for Cache<T> {}
 
 impl Endpoint {
     pub fn parse(url: &str) -> Result<Endpoint, String> {
@@ -91,6 +117,8 @@ impl Endpoint {
             port,
             path,
             query,
+            host_value: Cache::default(),
+            plain_uri: Cache::default(),
         })
     }
 
@@ -106,6 +134,27 @@ impl Endpoint {
         } else {
             format!("{host}:{}", self.port)
         }
+    }
+
+    /// `authority()` as a header value, built once.
+    pub fn host_value(&self) -> Option<HeaderValue> {
+        if let Some(v) = self.host_value.0.get() {
+            return Some(v.clone());
+        }
+        let v = HeaderValue::from_str(&self.authority()).ok()?;
+        Some(self.host_value.0.get_or_init(|| v).clone())
+    }
+
+    /// The request target (`path_and_query(extra)`) as a URI; built once when `extra` is empty.
+    pub fn uri(&self, extra: &str) -> Option<http::Uri> {
+        if !extra.is_empty() {
+            return self.path_and_query(extra).parse().ok();
+        }
+        if let Some(u) = self.plain_uri.0.get() {
+            return Some(u.clone());
+        }
+        let u: http::Uri = self.path_and_query("").parse().ok()?;
+        Some(self.plain_uri.0.get_or_init(|| u).clone())
     }
 
     /// Path plus the endpoint's own query, merged with `extra` (already URL-encoded pairs).
@@ -136,6 +185,7 @@ impl Endpoint {
     pub fn with_path(&self, path: &str) -> Endpoint {
         Endpoint {
             path: path.to_string(),
+            plain_uri: Cache::default(),
             ..self.clone()
         }
     }

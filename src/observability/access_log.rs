@@ -73,8 +73,8 @@ pub enum Var {
     LlmAttempts,
     LlmSummary,
     LlmPayload,
-    /// `$http_NAME`: NAME lower-cased with `_` for `-`.
-    Header(String),
+    /// `$http_NAME`: NAME lower-cased with `_` for `-`, parsed once (not per line).
+    Header(http::HeaderName),
     /// `$arg_NAME`.
     Arg(String),
 }
@@ -123,7 +123,7 @@ impl Var {
                     if h.is_empty() {
                         return None;
                     }
-                    Header(h.replace('_', "-"))
+                    Header(http::HeaderName::from_bytes(h.replace('_', "-").as_bytes()).ok()?)
                 } else if let Some(a) = name.strip_prefix("arg_") {
                     if a.is_empty() {
                         return None;

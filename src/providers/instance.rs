@@ -36,8 +36,9 @@ pub struct LlmInstance {
     pub name: String,
     pub provider: ProviderName,
     pub driver: &'static dyn Provider,
-    /// The chat endpoint: `override.endpoint` or the provider's default.
-    pub endpoint: Endpoint,
+    /// The chat endpoint: `override.endpoint` or the provider's default (shared with every
+    /// request's `Target`, so what it caches is built once).
+    pub endpoint: Arc<Endpoint>,
     pub endpoint_overridden: bool,
     pub provider_conf: Option<ProviderConf>,
     pub auth_headers: Vec<(HeaderName, HeaderValue)>,
@@ -68,7 +69,7 @@ impl std::fmt::Debug for LlmInstance {
 
 /// How one request is sent to an instance.
 pub struct Target {
-    pub endpoint: Endpoint,
+    pub endpoint: Arc<Endpoint>,
     /// Vertex AI embeddings: convert to and from the `:predict` API.
     pub vertex_predict: bool,
 }
@@ -184,7 +185,7 @@ impl LlmInstance {
             name: spec.name,
             provider: spec.provider,
             driver: drv,
-            endpoint,
+            endpoint: Arc::new(endpoint),
             endpoint_overridden: overridden,
             provider_conf: spec.provider_conf.cloned(),
             auth_headers,
@@ -227,7 +228,7 @@ impl LlmInstance {
                 self.endpoint.clone()
             } else {
                 let model = model.ok_or("an embeddings request to vertex-ai needs a model")?;
-                vertex_ai::predict_endpoint(self.provider_conf.as_ref(), model)?
+                Arc::new(vertex_ai::predict_endpoint(self.provider_conf.as_ref(), model)?)
             };
             return Ok(Target {
                 endpoint,
@@ -239,6 +240,7 @@ impl LlmInstance {
         } else {
             self.driver
                 .default_embeddings_endpoint(&self.endpoint)
+                .map(Arc::new)
                 .unwrap_or_else(|| self.endpoint.clone())
         };
         Ok(Target {

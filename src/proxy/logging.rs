@@ -1,7 +1,8 @@
 //! The values of access-log variables for one finished request.
 
+use std::cell::RefCell;
 use std::fmt::Write;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pingora_proxy::Session;
 
@@ -70,8 +71,79 @@ impl LogView<'_> {
     }
 }
 
+/// Seconds with milliseconds, `1.234`.
 fn secs(out: &mut String, d: Duration) {
-    let _ = write!(out, "{}.{:03}", d.as_secs(), d.subsec_millis());
+    num(out, d.as_secs());
+    let ms = d.subsec_millis();
+    out.push('.');
+    out.push(char::from(b'0' + (ms / 100) as u8));
+    out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+    out.push(char::from(b'0' + (ms % 10) as u8));
+}
+
+/// A number, without going through `fmt` (a log line has a dozen).
+fn num(out: &mut String, n: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+fn version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
+fn ip(out: &mut String, a: std::net::IpAddr) {
+    match a {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                num(out, o);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum TimeFormat {
+    /// nginx's `$time_local`: `26/Nov/2026:11:57:39 +0000`.
+    Local,
+    /// `$time_iso8601`: `2026-11-26T11:57:39+00:00`.
+    Iso8601,
+}
+
+/// A log time, to the second. Formatting it (local time zone, strftime) cost more than the rest
+/// of the line (perf under wrk), and every line of one second has the same text: each thread
+/// formats it once per second per format and copies it after.
+fn write_time(out: &mut String, t: SystemTime, format: TimeFormat) {
+    thread_local! {
+        static LAST: RefCell<[(u64, String); 2]> = const { RefCell::new([(0, String::new()), (0, String::new())]) };
+    }
+    let second = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        let (at, text) = &mut last[format as usize];
+        if *at != second || text.is_empty() {
+            text.clear();
+            let local: chrono::DateTime<chrono::Local> = t.into();
+            let pattern = match format {
+                TimeFormat::Local => "%d/%b/%Y:%H:%M:%S %z",
+                TimeFormat::Iso8601 => "%Y-%m-%dT%H:%M:%S%:z",
+            };
+            let _ = write!(text, "{}", local.format(pattern));
+            *at = second;
+        }
+        out.push_str(text);
+    });
 }
 
 /// The query string with credential values replaced.
@@ -97,7 +169,7 @@ impl LogSource for LogView<'_> {
         match var {
             Var::RemoteAddr => {
                 if let Some(a) = self.session.client_addr().and_then(|a| a.as_inet()) {
-                    let _ = write!(out, "{}", a.ip());
+                    ip(out, a.ip());
                 }
             }
             Var::RemoteUser | Var::ConsumerName => {
@@ -105,14 +177,8 @@ impl LogSource for LogView<'_> {
                     out.push_str(&c.username);
                 }
             }
-            Var::TimeLocal => {
-                let t: chrono::DateTime<chrono::Local> = ctx.started_wall.into();
-                let _ = write!(out, "{}", t.format("%d/%b/%Y:%H:%M:%S %z"));
-            }
-            Var::TimeIso8601 => {
-                let t: chrono::DateTime<chrono::Local> = ctx.started_wall.into();
-                let _ = write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%:z"));
-            }
+            Var::TimeLocal => write_time(out, ctx.started_wall, TimeFormat::Local),
+            Var::TimeIso8601 => write_time(out, ctx.started_wall, TimeFormat::Iso8601),
             Var::Msec => {
                 if let Ok(d) = ctx.started_wall.duration_since(std::time::UNIX_EPOCH) {
                     secs(out, d);
@@ -136,12 +202,11 @@ impl LogSource for LogView<'_> {
                 out.push_str(req.method.as_str());
                 out.push(' ');
                 self.write_var(&Var::RequestUri, out);
-                let _ = write!(out, " {:?}", req.version);
+                out.push(' ');
+                out.push_str(version(req.version));
             }
             Var::Scheme => out.push_str("http"),
-            Var::ServerProtocol => {
-                let _ = write!(out, "{:?}", req.version);
-            }
+            Var::ServerProtocol => out.push_str(version(req.version)),
             Var::Host => {
                 if let Some(h) = req
                     .headers
@@ -154,24 +219,26 @@ impl LogSource for LogView<'_> {
             Var::Status => {
                 let s = self.status();
                 if s != 0 {
-                    let _ = write!(out, "{s}");
+                    num(out, s);
                 }
             }
             Var::BodyBytesSent => {
-                let _ = write!(out, "{}", self.session.as_downstream().body_bytes_sent());
+                num(out, self.session.as_downstream().body_bytes_sent());
             }
             Var::RequestLength => {
-                let _ = write!(out, "{}", self.session.as_downstream().body_bytes_read());
+                num(out, self.session.as_downstream().body_bytes_read());
             }
             Var::RequestTime => secs(out, self.now.saturating_duration_since(ctx.started)),
             Var::UpstreamAddr => {
                 if let Some(a) = ctx.upstream_addr {
-                    let _ = write!(out, "{a}");
+                    ip(out, a.ip());
+                    out.push(':');
+                    num(out, a.port());
                 }
             }
             Var::UpstreamStatus => {
                 if let Some(s) = ctx.upstream_status {
-                    let _ = write!(out, "{s}");
+                    num(out, s);
                 }
             }
             Var::UpstreamResponseTime => {
@@ -188,7 +255,7 @@ impl LogSource for LogView<'_> {
             Var::RequestType => out.push_str(ctx.plugins.request_type.as_str()),
             Var::LlmTimeToFirstToken => {
                 if let Some(d) = self.ttft() {
-                    let _ = write!(out, "{}", d.as_millis());
+                    num(out, d.as_millis() as u64);
                 }
             }
             Var::LlmModel => {
@@ -218,17 +285,17 @@ impl LogSource for LogView<'_> {
             }
             Var::LlmPromptTokens => {
                 if let Some(u) = self.tokens() {
-                    let _ = write!(out, "{}", u.prompt_tokens);
+                    num(out, u.prompt_tokens);
                 }
             }
             Var::LlmCompletionTokens => {
                 if let Some(u) = self.tokens() {
-                    let _ = write!(out, "{}", u.completion_tokens);
+                    num(out, u.completion_tokens);
                 }
             }
             Var::LlmTotalTokens => {
                 if let Some(u) = self.tokens() {
-                    let _ = write!(out, "{}", u.total_tokens);
+                    num(out, u.total_tokens);
                 }
             }
             Var::LlmInstance => {
@@ -238,7 +305,7 @@ impl LogSource for LogView<'_> {
             }
             Var::LlmAttempts => {
                 if let Some(l) = &ctx.plugins.llm {
-                    let _ = write!(out, "{}", l.attempts);
+                    num(out, l.attempts);
                 }
             }
             Var::LlmSummary => {
@@ -272,10 +339,10 @@ impl LogSource for LogView<'_> {
                 out.push_str(&v.to_string());
             }
             Var::Header(name) => {
-                let Some(v) = req.headers.get(name.as_str()) else {
+                let Some(v) = req.headers.get(name) else {
                     return;
                 };
-                if Var::is_sensitive_header(name) {
+                if Var::is_sensitive_header(name.as_str()) {
                     out.push_str("[REDACTED]");
                 } else {
                     out.push_str(&String::from_utf8_lossy(v.as_bytes()));
@@ -318,6 +385,23 @@ impl LogSource for LogView<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_times_are_formatted_per_second_and_follow_the_clock() {
+        let at = |secs: u64, f| {
+            let mut s = String::new();
+            write_time(&mut s, UNIX_EPOCH + Duration::from_secs(secs), f);
+            s
+        };
+        let direct = |secs: u64, pattern: &str| {
+            let t: chrono::DateTime<chrono::Local> = (UNIX_EPOCH + Duration::from_secs(secs)).into();
+            t.format(pattern).to_string()
+        };
+        for secs in [1_795_694_483, 1_795_694_483, 1_795_694_484, 0, 1_795_694_483] {
+            assert_eq!(at(secs, TimeFormat::Local), direct(secs, "%d/%b/%Y:%H:%M:%S %z"));
+            assert_eq!(at(secs, TimeFormat::Iso8601), direct(secs, "%Y-%m-%dT%H:%M:%S%:z"));
+        }
+    }
 
     #[test]
     fn query_credentials_are_redacted() {
