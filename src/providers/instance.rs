@@ -228,7 +228,10 @@ impl LlmInstance {
                 self.endpoint.clone()
             } else {
                 let model = model.ok_or("an embeddings request to vertex-ai needs a model")?;
-                Arc::new(vertex_ai::predict_endpoint(self.provider_conf.as_ref(), model)?)
+                Arc::new(vertex_ai::predict_endpoint(
+                    self.provider_conf.as_ref(),
+                    model,
+                )?)
             };
             return Ok(Target {
                 endpoint,

@@ -394,12 +394,25 @@ mod tests {
             s
         };
         let direct = |secs: u64, pattern: &str| {
-            let t: chrono::DateTime<chrono::Local> = (UNIX_EPOCH + Duration::from_secs(secs)).into();
+            let t: chrono::DateTime<chrono::Local> =
+                (UNIX_EPOCH + Duration::from_secs(secs)).into();
             t.format(pattern).to_string()
         };
-        for secs in [1_795_694_483, 1_795_694_483, 1_795_694_484, 0, 1_795_694_483] {
-            assert_eq!(at(secs, TimeFormat::Local), direct(secs, "%d/%b/%Y:%H:%M:%S %z"));
-            assert_eq!(at(secs, TimeFormat::Iso8601), direct(secs, "%Y-%m-%dT%H:%M:%S%:z"));
+        for secs in [
+            1_795_694_483,
+            1_795_694_483,
+            1_795_694_484,
+            0,
+            1_795_694_483,
+        ] {
+            assert_eq!(
+                at(secs, TimeFormat::Local),
+                direct(secs, "%d/%b/%Y:%H:%M:%S %z")
+            );
+            assert_eq!(
+                at(secs, TimeFormat::Iso8601),
+                direct(secs, "%Y-%m-%dT%H:%M:%S%:z")
+            );
         }
     }
 

@@ -100,7 +100,14 @@ impl ProxyHttp for Gateway {
                         ctx.drain_before_close = true;
                     }
                 }
-                errors::respond_with(session, &ctx.request_id, &err.error, &err.headers).await;
+                // Boxed: the error path's write stays out of every request's future.
+                Box::pin(errors::respond_with(
+                    session,
+                    &ctx.request_id,
+                    &err.error,
+                    &err.headers,
+                ))
+                .await;
                 ctx.error = Some(err.error);
                 Ok(true)
             }

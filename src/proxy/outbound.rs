@@ -182,7 +182,10 @@ async fn gcp_header(llm: &LlmCall) -> Result<Option<HeaderValue>, GatewayError> 
     let Some(gcp) = &inst.gcp else {
         return Ok(None);
     };
-    let token = gcp.token().await.map_err(|m| {
+    // Boxed: the token fetch (an HTTP client call) is a future of several KB, and held inline it
+    // made every request's `upstream_request_filter` future that large, copied whole into its
+    // box per request (callgrind), GCP or not.
+    let token = Box::pin(gcp.token()).await.map_err(|m| {
         log::warn!("instance {}: {m}", inst.name);
         GatewayError::bad_gateway(
             "upstream_auth_error",

@@ -131,7 +131,9 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
     };
     let client_body = llm.request.body().clone();
     if llm.passthrough() {
-        match outbound::passthrough_call(session, ctx).await {
+        // Boxed: a whole HTTP exchange with the provider, a large future that every request's
+        // `request_filter` future would otherwise carry (and copy) for the few that pass through.
+        match Box::pin(outbound::passthrough_call(session, ctx)).await {
             Ok(None) => {}
             Ok(Some(())) => return Verdict::Responded,
             // With the headers plugins set (a quota's refusal carries its own).
