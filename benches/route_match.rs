@@ -245,5 +245,37 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_post_arg);
+/// The lookup does not grow with the number of routes: N exact routes plus N/2 prefixes, for
+/// N = 10 and N = 10,000, looking up the last exact route and a prefix.
+fn bench_scale(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_match_scale");
+    for n in [10usize, 10_000] {
+        let mut entries = Vec::with_capacity(n + n / 2);
+        for i in 0..n {
+            entries.push(entry(entries.len(), format!("/v1/team-{i}/chat/completions")));
+        }
+        for i in 0..n / 2 {
+            entries.push(entry(entries.len(), format!("/org-{i}/l1-{i}/*")));
+        }
+        let router = Router::new(entries).expect("bench routes build");
+        // `Req` borrows its path for the whole run.
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        let exact = Req::new("POST", leak(format!("/v1/team-{}/chat/completions", n - 1)));
+        let prefix = Req::new(
+            "GET",
+            leak(format!("/org-{}/l1-{}/models", n / 2 - 1, n / 2 - 1)),
+        );
+        assert_eq!(router.find(&exact.view()), Some(n - 1));
+        assert_eq!(router.find(&prefix.view()), Some(n + n / 2 - 1));
+        g.bench_function(format!("exact_{n}_routes"), |b| {
+            b.iter(|| router.find(black_box(&exact.view())))
+        });
+        g.bench_function(format!("prefix_{n}_routes"), |b| {
+            b.iter(|| router.find(black_box(&prefix.view())))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_post_arg, bench_scale);
 criterion_main!(benches);
