@@ -131,6 +131,11 @@ def main():
       f"the measurements took {secs // 60} min {secs % 60} s. Values are medians over repetitions; "
       "ratios and differences are taken within each repetition, then their median.\n")
 
+    foreign = [v for (t, k), reps in r.d.items() if k == "foreign_pct" for v in reps.values()]
+    if foreign and max(foreign) > 10:
+        w(f"**This run was disturbed**: other work took up to {max(foreign):.0f}% of the proxies' core "
+          f"during some throughput runs (median {statistics.median(foreign):.0f}%; column \"other work "
+          "on its core\"), so the ratios below are unreliable. Regenerate on a quiet machine.\n")
     w("## The machine\n")
     w("| | |\n|---|---|")
     w(f"| CPU | {m.get('cpu')} ({m.get('cores')} cores) |")
@@ -154,10 +159,13 @@ def main():
       f"{m.get('ttfb_n')} streaming requests in sequence on one connection and times the first byte "
       "of the answer's body (the first SSE event); *added* = the target's p50 minus the mock's. "
       "RSS: VmRSS of the process tree after start and one request (rest), and the peak sampled every "
-      "0.5 s during the throughput run (load).\n")
-    w("| target | rps c=%s | × bare Pingora | × nginx | CPU (%% of a core) | CPU µs / request | p50 c=1 (µs) | p99 c=1 (µs) | TTFB p50 (µs) | added TTFB (µs) | RSS rest (MB) | RSS load (MB) | errors |"
+      "0.5 s during the throughput run (load). CPU: the target's user + system time during the "
+      "throughput run, as a share of one core and per request served; *other work on its core*: the "
+      "proxy core's busy time (steal included) that was not the proxy's, as a share of that core "
+      "(near 0 on a quiet machine).\n")
+    w("| target | rps c=%s | × bare Pingora | × nginx | CPU (%% of a core) | other work on its core (%%) | CPU µs / request | p50 c=1 (µs) | p99 c=1 (µs) | TTFB p50 (µs) | added TTFB (µs) | RSS rest (MB) | RSS load (MB) | errors |"
       % m.get("connections"))
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     held_back = []
     for key, name, _ in TARGETS:
         if not r.ran(key):
@@ -168,12 +176,13 @@ def main():
         if key != "mock" and cpu is not None and cpu < 90:
             mark = " †"
             held_back.append((name, cpu))
-        w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             name,
             fmt(r.median(key, "rps")) + mark,
             ratio_fmt(r.ratio(key, "bare-pingora")),
             ratio_fmt(r.ratio(key, "nginx")),
             fmt(cpu),
+            "—" if key == "mock" else fmt(r.median(key, "foreign_pct")),
             fmt(r.median(key, "cpu_us_per_req"), 1),
             fmt(r.median(key, "p50_us_c1")),
             fmt(r.median(key, "p99_us_c1")),
