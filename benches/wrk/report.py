@@ -332,7 +332,8 @@ def main():
     w("## How it was run\n")
     w(f"Built with `{m.get('build')}`. Ports are free ones picked at run time; `$TMP` is the run's "
       "temporary directory. Every process is started in its own process group and stopped (or "
-      "killed) by the script. Processes started, and the load commands, as run:\n")
+      "killed) by the script. Processes started, and the load commands, as run in the first "
+      "repetition (later ones differ only in their ports):\n")
     w("```sh")
     w(open(args.commands).read().rstrip())
     w("```\n")
