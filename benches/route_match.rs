@@ -252,7 +252,10 @@ fn bench_scale(c: &mut Criterion) {
     for n in [10usize, 10_000] {
         let mut entries = Vec::with_capacity(n + n / 2);
         for i in 0..n {
-            entries.push(entry(entries.len(), format!("/v1/team-{i}/chat/completions")));
+            entries.push(entry(
+                entries.len(),
+                format!("/v1/team-{i}/chat/completions"),
+            ));
         }
         for i in 0..n / 2 {
             entries.push(entry(entries.len(), format!("/org-{i}/l1-{i}/*")));

@@ -103,8 +103,12 @@ fn request_ids_are_generated_or_kept_and_reach_both_sides() {
     );
     assert_eq!(r.header("x-request-id"), Some("trace-abc-123"));
     assert_eq!(mock.last()["headers"]["x-request-id"], "trace-abc-123");
+    // Lines of requests on separate connections may land in either order.
     let lines = gw.log_lines(2);
-    assert!(lines[1].contains(" trace-abc-123 "), "{}", lines[1]);
+    assert!(
+        lines.iter().any(|l| l.contains(" trace-abc-123 ")),
+        "{lines:?}"
+    );
 
     // Errors carry it too.
     let r = gw.post("/openai", &[("content-type", "application/json")], b"{");

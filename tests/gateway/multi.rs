@@ -519,12 +519,14 @@ fn passive_health_skips_a_failing_instance_for_a_cool_down() {
     }
     // Two failures in a row: the dead instance is skipped, requests go straight to `second`.
     assert_eq!(model(&ask(&gw)), "model-second");
+    // Lines of requests on separate connections may land in either order: counted.
     let lines = gw.log_lines(3);
-    assert!(
-        lines[0].starts_with("200 second 2 ") && lines[1].starts_with("200 second 2 "),
+    let count = |p: &str| lines.iter().filter(|l| l.starts_with(p)).count();
+    assert_eq!(
+        (count("200 second 2 "), count("200 second 1 ")),
+        (2, 1),
         "{lines:?}"
     );
-    assert!(lines[2].starts_with("200 second 1 "), "{lines:?}");
     // After the cool-down it is tried again.
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(model(&ask(&gw)), "model-second");
