@@ -55,17 +55,22 @@ impl std::fmt::Debug for AdminSettings {
     }
 }
 
+/// A listener's `ip:port` (`default` when absent); `path` names the field in errors.
+fn listen_addr(value: Option<&str>, default: &str, path: &str) -> Result<SocketAddr, ConfigError> {
+    let l = value.unwrap_or(default);
+    l.parse()
+        .map_err(|_| ConfigError::new(path, format!("{l:?} is not an ip:port address")))
+}
+
 /// The metrics listener's default address, as APISIX's `prometheus` export address.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9091";
 
 fn metrics_settings(m: &MetricsConf) -> Result<MetricsSettings, ConfigError> {
-    let l = m.listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN);
-    let listen = l.parse::<SocketAddr>().map_err(|_| {
-        ConfigError::new(
-            "gateway.metrics.listen",
-            format!("{l:?} is not an ip:port address"),
-        )
-    })?;
+    let listen = listen_addr(
+        m.listen.as_deref(),
+        DEFAULT_METRICS_LISTEN,
+        "gateway.metrics.listen",
+    )?;
     let prefix = m
         .metric_prefix
         .clone()
@@ -100,13 +105,11 @@ fn metrics_settings(m: &MetricsConf) -> Result<MetricsSettings, ConfigError> {
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
 
 fn admin_settings(a: &AdminConf) -> Result<AdminSettings, ConfigError> {
-    let l = a.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
-    let listen = l.parse::<SocketAddr>().map_err(|_| {
-        ConfigError::new(
-            "gateway.admin.listen",
-            format!("{l:?} is not an ip:port address"),
-        )
-    })?;
+    let listen = listen_addr(
+        a.listen.as_deref(),
+        DEFAULT_ADMIN_LISTEN,
+        "gateway.admin.listen",
+    )?;
     let key = a.key.clone().filter(|k| !k.is_empty());
     if key.is_none() && !listen.ip().is_loopback() {
         return Err(ConfigError::new(

@@ -22,6 +22,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -115,8 +116,16 @@ pub struct NodeSeries {
     pub retries: IntCounter,
 }
 
-fn family<T>(r: Result<T, prometheus::Error>) -> Result<T, String> {
-    r.map_err(|e| format!("metrics: {e}"))
+/// A metric family, registered in `registry` (either step fails only on a bad name or label).
+fn add<T: Collector + Clone + 'static>(
+    registry: &Registry,
+    made: Result<T, prometheus::Error>,
+) -> Result<T, String> {
+    let family = made.map_err(|e| format!("metrics: {e}"))?;
+    registry
+        .register(Box::new(family.clone()))
+        .map_err(|e| format!("metrics: {e}"))?;
+    Ok(family)
 }
 
 impl Metrics {
@@ -124,27 +133,16 @@ impl Metrics {
         static UID: AtomicU64 = AtomicU64::new(1);
         let p = &settings.prefix;
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, String> {
-            let c = family(IntCounterVec::new(
-                Opts::new(format!("{p}{name}"), help),
-                labels,
-            ))?;
-            family(registry.register(Box::new(c.clone())))?;
-            Ok(c)
+        let opts = |name: &str, help: &str| Opts::new(format!("{p}{name}"), help);
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            add(&registry, IntCounterVec::new(opts(name, help), labels))
         };
-        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, String> {
-            let g = family(IntGaugeVec::new(
-                Opts::new(format!("{p}{name}"), help),
-                labels,
-            ))?;
-            family(registry.register(Box::new(g.clone())))?;
-            Ok(g)
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            add(&registry, IntGaugeVec::new(opts(name, help), labels))
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
-            let opts = HistogramOpts::new(format!("{p}{name}"), help).buckets(buckets.to_vec());
-            let h = family(HistogramVec::new(opts, labels))?;
-            family(registry.register(Box::new(h.clone())))?;
-            Ok::<_, String>(h)
+            let o = HistogramOpts::from(opts(name, help)).buckets(buckets.to_vec());
+            add(&registry, HistogramVec::new(o, labels))
         };
         let m = Metrics {
             uid: UID.fetch_add(1, Ordering::Relaxed),
@@ -248,9 +246,12 @@ impl Metrics {
 
     /// Count one answer in `http_status`.
     pub fn count_status(&self, route: &RouteSeries, node: &str, consumer: &str, code: u16) {
+        self.count_code(code, &route.route, &route.service, consumer, node);
+    }
+
+    fn count_code(&self, code: u16, route: &str, service: &str, consumer: &str, node: &str) {
         let mut buf = [0u8; 5];
-        let code = status_str(code, &mut buf);
-        let labels = [code, &route.route, &route.service, consumer, node];
+        let labels = [status_str(code, &mut buf), route, service, consumer, node];
         STATUS.with(|c| {
             c.borrow_mut().with(
                 self.uid,
@@ -294,17 +295,7 @@ impl Metrics {
 
     /// A request no route matched (or refused before routing): counted under route `""`.
     pub fn count_unrouted(&self, code: u16) {
-        let mut buf = [0u8; 5];
-        let code = status_str(code, &mut buf);
-        let labels = [code, "", "", "", ""];
-        STATUS.with(|c| {
-            c.borrow_mut().with(
-                self.uid,
-                &labels,
-                || self.http_status.with_label_values(&labels),
-                |counter| counter.inc(),
-            )
-        });
+        self.count_code(code, "", "", "", "");
     }
 
     /// The label value for a model: itself while fewer than `max_model_labels` are known.

@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub probes: Vec<Arc<crate::balancer::health::ActiveProbe>>,
 }
 
+const WEBSOCKET: &str = "WebSocket proxying is not supported (leave enable_websocket out or false)";
+
 const METHODS: &[&str] = &[
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE",
 ];
@@ -222,6 +224,12 @@ impl Service {
         conf: Arc<ServiceConf>,
         resources: &Resources,
     ) -> Result<Service, ConfigError> {
+        if conf.enable_websocket == Some(true) {
+            return Err(ConfigError::new(
+                format!("{}.enable_websocket", r.path),
+                WEBSOCKET,
+            ));
+        }
         let owner = plugins::Owner::Service(id.to_string());
         let plugins = plugins::compile(conf.plugins.as_ref(), &r.path, &owner)?;
         Ok(Service {
@@ -298,6 +306,18 @@ fn compile_route(
             ))
         }
     };
+    // APISIX fields aigate does not act on are refused rather than silently ignored.
+    if r.timeout.is_some() {
+        return Err(err(
+            ".timeout",
+            "a route-level timeout is not supported: set it on the upstream (upstream.timeout) \
+             or on ai-proxy / ai-proxy-multi (timeout)"
+                .into(),
+        ));
+    }
+    if r.enable_websocket == Some(true) {
+        return Err(err(".enable_websocket", WEBSOCKET.into()));
+    }
     let vars = match &r.vars {
         Some(v) => Some(Expr::compile(v).map_err(|m| err(".vars", m))?),
         None => None,

@@ -1154,3 +1154,29 @@ routes:
     let log = gw.error_log();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn route_fields_aigate_does_not_act_on_are_refused_not_ignored() {
+    let route = |extra: &str| {
+        format!("gateway:\n  listen: 127.0.0.1:9080\nroutes:\n  - id: u\n    uri: /u\n    upstream: {{ nodes: {{ \"127.0.0.1:8080\": 1 }} }}\n{extra}")
+    };
+    assert_rejected(
+        &route("    timeout: { connect: 3, send: 3, read: 3 }\n"),
+        &[],
+        "routes[0].timeout",
+        &["upstream.timeout"],
+    );
+    assert_rejected(
+        &route("    enable_websocket: true\n"),
+        &[],
+        "routes[0].enable_websocket",
+        &["WebSocket"],
+    );
+    assert_valid(&route("    enable_websocket: false\n"), &[]);
+    assert_rejected(
+        "gateway:\n  listen: 127.0.0.1:9080\nservices:\n  - id: s\n    enable_websocket: true\n    upstream: { nodes: { \"127.0.0.1:8080\": 1 } }\nroutes: []\n",
+        &[],
+        "services[0].enable_websocket",
+        &["WebSocket"],
+    );
+}
