@@ -70,7 +70,7 @@ impl ProxyHttp for Gateway {
         let given = session
             .req_header()
             .headers
-            .get("x-request-id")
+            .get(&request_id::HEADER)
             .map(|v| v.as_bytes());
         ctx.request_id = request_id::from_client(given).unwrap_or_else(request_id::generate);
         Ok(())
@@ -218,9 +218,6 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if response::on_client_header(upstream_response, ctx) {
             replay::hold_header(session, &ctx.replay);
-        }
-        for (k, v) in &ctx.plugins.response_headers {
-            let _ = upstream_response.insert_header(k.clone(), v.clone());
         }
         if let Some(chain) = ctx.plugins.chain.clone() {
             chain.header_filter(upstream_response, &mut ctx.plugins);

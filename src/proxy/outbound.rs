@@ -18,24 +18,29 @@ use crate::llm::sse::{SseTap, SseTapOptions};
 use crate::net::client::{self, ClientError};
 use crate::net::dns;
 use crate::net::peer::http_peer;
+use crate::observability::request_id;
 use crate::plugins::ctx::{LlmCall, ResponseTap};
 use crate::providers::instance::LlmInstance;
 use crate::providers::vertex_ai;
 use crate::runtime::upstream::PassHost;
 
-/// Request headers never forwarded: hop-by-hop ones, and those the gateway recomputes. Names,
-/// not strings: removing by `&str` parses the name again on every request.
+/// Request headers never forwarded as the client sent them: hop-by-hop ones, and the body's
+/// framing, which the gateway recomputes when it sends a body of its own. Names, not strings:
+/// removing by `&str` parses the name again on every request. The framing headers come last
+/// (`HOP_BY_HOP`): a plain route that streams the client's own body keeps them.
 static DROP_HEADERS: [HeaderName; 9] = [
     http::header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     http::header::TE,
     http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
     http::header::UPGRADE,
     http::header::EXPECT,
+    http::header::TRANSFER_ENCODING,
     http::header::CONTENT_LENGTH,
 ];
+/// How many of `DROP_HEADERS` are hop-by-hop; then `Transfer-Encoding`, then `Content-Length`.
+const HOP_BY_HOP: usize = 7;
 
 /// A client's credentials for the gateway (or for the site it came from). A provider is a third
 /// party: none of them is sent to it, whatever the provider kind; the configured auth is (or, with
@@ -91,7 +96,8 @@ fn byok_authorization(inst: &LlmInstance, client: &RequestHeader) -> Option<Head
 /// The credentials a provider request carries: the client's own `Authorization` (bring your own
 /// key), or else the instance's configured headers and GCP token. With the client's key, none of
 /// the configured credentials is sent (headers, `auth.query`, GCP token): the gateway's account
-/// is never billed for, nor mixed into, a call made with the client's key.
+/// is never billed for, nor mixed into, a call made with the client's key. (`shape_request`
+/// applies the same rule to the provider request's own header map.)
 async fn provider_auth(
     llm: &LlmCall,
     byok: Option<HeaderValue>,
@@ -240,17 +246,34 @@ pub async fn select_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayE
 }
 
 /// `upstream_request_filter`: the request line and headers the upstream gets.
-/// Remove the headers of `names` the request has. One pass over the request's few headers
-/// instead of a hash lookup (and Pingora's case map update) per name: most are absent.
+/// Which of `names` (at most 64) are among `keys`, as a bit set: one pass over the request's few
+/// headers, so that only the present ones are looked up again to be removed (most requests carry
+/// one or none of them), with nothing allocated.
+fn present(keys: http::header::Keys<'_, HeaderValue>, names: &[HeaderName]) -> u64 {
+    debug_assert!(names.len() <= 64);
+    keys.fold(0, |set, k| match names.iter().position(|n| n == k) {
+        Some(i) => set | 1 << i,
+        None => set,
+    })
+}
+
+/// Remove the headers of `names` the request has.
 fn remove_present(req: &mut RequestHeader, names: &[HeaderName]) {
-    let present: Vec<HeaderName> = req
-        .headers
-        .keys()
-        .filter(|k| names.contains(k))
-        .cloned()
-        .collect();
-    for h in &present {
-        req.remove_header(h);
+    let set = present(req.headers.keys(), names);
+    for (i, name) in names.iter().enumerate() {
+        if set & 1 << i != 0 {
+            req.remove_header(name);
+        }
+    }
+}
+
+/// The same over a plain header map.
+fn drop_present(headers: &mut http::HeaderMap, names: &[HeaderName]) {
+    let set = present(headers.keys(), names);
+    for (i, name) in names.iter().enumerate() {
+        if set & 1 << i != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -259,14 +282,7 @@ pub async fn shape_request(
     req: &mut RequestHeader,
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
-    remove_present(req, &DROP_HEADERS);
-    let set = |req: &mut RequestHeader, name: HeaderName, value: HeaderValue| {
-        req.insert_header(name, value)
-            .map_err(|_| GatewayError::internal("invalid upstream header"))
-    };
     let rid = HeaderValue::from_str(&ctx.request_id).unwrap_or(HeaderValue::from_static("-"));
-    set(req, HeaderName::from_static("x-request-id"), rid)?;
-
     let to_llm = ctx
         .plugins
         .llm
@@ -280,52 +296,80 @@ pub async fn shape_request(
             .ok_or_else(|| GatewayError::internal("no target"))?;
         let inst = &llm.instance;
         let byok = byok_authorization(inst, session.req_header());
-        remove_present(req, &CLIENT_CREDENTIAL_HEADERS);
-        req.set_method(http::Method::POST);
         // Built from the endpoint alone: the client's own query (`?key=`...) is not forwarded.
         let auth_query = if byok.is_some() { "" } else { &inst.auth_query };
-        req.set_uri(
-            target
-                .endpoint
-                .uri(auth_query)
-                .ok_or_else(|| GatewayError::internal("invalid upstream uri"))?,
-        );
+        let uri = target
+            .endpoint
+            .uri(auth_query)
+            .ok_or_else(|| GatewayError::internal("invalid upstream uri"))?;
+        let host = target
+            .endpoint
+            .host_value()
+            .ok_or_else(|| GatewayError::internal("bad host"))?;
+        let gcp = match byok {
+            None => gcp_header(llm).await?,
+            Some(_) => None,
+        };
+        // The provider request is the gateway's own: its headers are edited in the `http` map
+        // directly, without Pingora's case-preserving name map, whose every insert converts the
+        // name to its title case and parses it back (~1k instructions per header, most of the
+        // cost of this hook). Header names then go out in their canonical case (`Content-Type`,
+        // `x-request-id`), which HTTP/1.1 treats alike.
+        let end_stream = req.send_end_stream();
+        let blank = RequestHeader::from(http::Request::new(()).into_parts().0);
+        let mut parts: http::request::Parts = std::mem::replace(req, blank).into();
+        let h = &mut parts.headers;
+        drop_present(h, &DROP_HEADERS);
+        drop_present(h, &CLIENT_CREDENTIAL_HEADERS);
         // A gzip answer would hide the usage from the gateway (APISIX issue #13544).
-        req.remove_header(&http::header::ACCEPT_ENCODING);
-        set(
-            req,
-            http::header::HOST,
-            target
-                .endpoint
-                .host_value()
-                .ok_or_else(|| GatewayError::internal("bad host"))?,
-        )?;
-        for (k, v) in provider_auth(llm, byok).await? {
-            set(req, k, v)?;
+        h.remove(http::header::ACCEPT_ENCODING);
+        h.insert(request_id::HEADER.clone(), rid);
+        h.insert(http::header::HOST, host);
+        match byok {
+            Some(v) => {
+                h.insert(http::header::AUTHORIZATION, v);
+            }
+            None => {
+                for (k, v) in &inst.auth_headers {
+                    h.insert(k.clone(), v.clone());
+                }
+                if let Some(v) = gcp {
+                    h.insert(http::header::AUTHORIZATION, v);
+                }
+            }
         }
-        set(
-            req,
+        h.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
-        )?;
-        set(
-            req,
+        );
+        h.insert(
             http::header::CONTENT_LENGTH,
             HeaderValue::from(llm.upstream_body.len()),
-        )?;
+        );
         // The retry after a stale pooled connection runs on a connection of its own (see
         // `fallback::fresh_connection`), which must not be pooled afterwards.
         if !inst.keepalive || ctx.stale_retry {
-            set(
-                req,
-                http::header::CONNECTION,
-                HeaderValue::from_static("close"),
-            )?;
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        parts.method = http::Method::POST;
+        parts.uri = uri;
+        *req = RequestHeader::from(parts);
+        if let Some(end) = end_stream {
+            req.set_send_end_stream(end);
         }
         return Ok(());
     }
 
     // Plain upstream, or the second hop of passthrough.
+    remove_present(req, &DROP_HEADERS[..HOP_BY_HOP]);
+    let set = |req: &mut RequestHeader, name: HeaderName, value: HeaderValue| {
+        req.insert_header(name, value)
+            .map_err(|_| GatewayError::internal("invalid upstream header"))
+    };
+    // A `&'static str` name: Pingora keeps it as the case to send, with no title-casing copy.
+    req.insert_header("X-Request-Id", rid)
+        .map_err(|_| GatewayError::internal("invalid upstream header"))?;
+
     let route = ctx
         .route
         .as_ref()
@@ -361,25 +405,21 @@ pub async fn shape_request(
         .as_ref()
         .and_then(|l| l.passthrough_body.as_ref())
         .or(ctx.replay_body.as_ref());
+    let has_te = req.headers.contains_key(http::header::TRANSFER_ENCODING);
     if let Some(body) = replaced {
+        // A body of the gateway's own, sent whole.
+        if has_te {
+            req.remove_header(&http::header::TRANSFER_ENCODING);
+        }
         set(
             req,
             http::header::CONTENT_LENGTH,
             HeaderValue::from(body.len()),
         )?;
-    } else if let Some(cl) = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-    {
-        // Streaming a plain body through: keep the client's framing.
-        set(req, http::header::CONTENT_LENGTH, cl.clone())?;
-    } else if let Some(te) = session
-        .req_header()
-        .headers
-        .get(http::header::TRANSFER_ENCODING)
-    {
-        set(req, http::header::TRANSFER_ENCODING, te.clone())?;
+    } else if has_te && req.headers.contains_key(http::header::CONTENT_LENGTH) {
+        // Streaming the client's body through with its own framing, which is `Content-Length`
+        // when it sent both (as before RFC 9112 made that an error).
+        req.remove_header(&http::header::TRANSFER_ENCODING);
     }
     if let Some(llm) = &ctx.plugins.llm {
         if llm.passthrough_body.is_some() {
