@@ -2,7 +2,9 @@
 //! * `SseTap` over a realistic 300-event OpenAI chat stream, fed one chunk per event and in
 //!   arbitrary 1 KiB chunks, in pass mode (forward as is) and hold mode (drop the usage-only
 //!   event the gateway asked for itself);
-//! * `JsonTap` over a 2 KB chat completion and a ~200 KB embeddings response in 16 KiB chunks.
+//! * `JsonTap` over a typical 282-byte chat completion in one chunk (the common case: per
+//!   request costs, not throughput), a 2 KB chat completion and a ~200 KB embeddings response in
+//!   16 KiB chunks.
 //!
 //! Run: `cargo bench --bench sse_usage` (add `-- --quick` for a fast pass).
 
@@ -82,6 +84,9 @@ fn chat_stream_events() -> Vec<String> {
     assert_eq!(v.len(), EVENTS);
     v
 }
+
+/// A short chat completion as a mock or a terse model answers: 282 bytes, compact, one chunk.
+const SMALL_CHAT: &str = r#"{"id":"chatcmpl-mock-6601","object":"chat.completion","created":1795702559,"model":"x","system_fingerprint":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from m"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":3,"total_tokens":4}}"#;
 
 fn chat_completion() -> Vec<u8> {
     let text: String = (0..30).map(content).collect();
@@ -196,6 +201,20 @@ fn bench_sse(c: &mut Criterion) {
 
 fn bench_json(c: &mut Criterion) {
     let mut g = c.benchmark_group("json_tap");
+    let small = SMALL_CHAT.as_bytes();
+    g.throughput(Throughput::Bytes(small.len() as u64));
+    g.bench_with_input(
+        BenchmarkId::new("one_chunk", "chat_completion_282B"),
+        small,
+        |b, body| {
+            b.iter(|| {
+                let mut tap = JsonTap::new();
+                tap.feed(black_box(body));
+                assert!(tap.usage().is_some() && tap.model().is_some());
+                black_box((tap.usage(), tap.model().map(str::len)))
+            })
+        },
+    );
     for (name, body) in [
         ("chat_completion_2KB", chat_completion()),
         ("embeddings_200KB", embeddings()),

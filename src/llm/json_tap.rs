@@ -2,20 +2,22 @@
 //! (chat completion, embeddings, ...) while the body streams through the gateway.
 //!
 //! The body is never kept: a byte-level state machine follows the JSON structure across chunk
-//! boundaries and copies aside only the raw bytes of the depth-1 members it wants (`usage`,
-//! capped at [`MAX_USAGE_BYTES`], and `model`), plus each depth-1 key while it is being read.
-//! Everything nested deeper (e.g. an embeddings `data` array, which is ~all of a 1 MB body) is
-//! skipped by a tight loop that only looks for quotes and brackets. Nested `usage` / `model`
-//! keys (inside `choices[0].message`, say) are therefore never seen as top-level ones.
+//! boundaries and looks only at the raw bytes of the depth-1 members it wants (`usage`, capped
+//! at [`MAX_USAGE_BYTES`], and `model`), plus each depth-1 key. A key or value that lies within
+//! one chunk (nearly always: most answers arrive in one or two chunks) is read in place; only
+//! one split by a chunk boundary is copied aside and put together. Everything nested deeper
+//! (e.g. an embeddings `data` array, which is ~all of a 1 MB body) is skipped by a tight loop
+//! that only looks for quotes and brackets. Nested `usage` / `model` keys (inside
+//! `choices[0].message`, say) are therefore never seen as top-level ones.
 //!
 //! Validation is structural: the top level must be an object of `"key": value` members, strings
 //! and brackets must nest properly; scalar tokens are not checked character by character except
-//! inside `usage`, whose captured bytes go through serde_json. On anything unexpected the tap
-//! stops quietly: what was already extracted is kept (a body truncated after its `usage` was
-//! still billed), everything else stays `None`.
+//! inside `usage`, whose raw bytes go through `Usage::from_json` (serde_json's rules). On
+//! anything unexpected the tap stops quietly: what was already extracted is kept (a body
+//! truncated after its `usage` was still billed), everything else stays `None`.
 //!
 //! On request (`keep_raw_usage`, for ai-rate-limiting's `cost_expr`) the raw `usage` text is
-//! kept too: the bytes already captured for parsing, so nothing more is read or copied.
+//! kept too: one copy of the bytes already read for parsing, so nothing more is scanned.
 
 use super::usage::Usage;
 
@@ -27,6 +29,11 @@ const MAX_MODEL_BYTES: usize = 1024;
 const MAX_KEY_BYTES: usize = 64;
 /// Nesting deeper than this is treated as invalid (bounds the bracket stack to 8 KiB).
 const MAX_DEPTH: usize = 1 << 16;
+/// The first this many bytes of a string are searched without `memchr2` (see
+/// `find_string_end`).
+const SHORT_STR: usize = 32;
+/// First allocation of `cap_buf` for a capture split across chunks: a usual `usage` fits.
+const CAP_BUF_INITIAL: usize = 512;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum St {
@@ -77,6 +84,18 @@ enum Cap {
     Usage,
 }
 
+impl Cap {
+    /// Largest raw capture kept; a longer one is ignored.
+    fn limit(self) -> usize {
+        match self {
+            Cap::None => 0,
+            Cap::Key => MAX_KEY_BYTES,
+            Cap::Model => MAX_MODEL_BYTES,
+            Cap::Usage => MAX_USAGE_BYTES,
+        }
+    }
+}
+
 /// Bytes that matter while skipping a nested value (outside strings).
 static NESTED_SPECIAL: [bool; 256] = {
     let mut t = [false; 256];
@@ -100,19 +119,91 @@ static SCALAR: [bool; 256] = {
     t
 };
 
+/// Position of the first `"` or `\` in `s`: the end of a string or an escape in it.
+///
+/// Most strings are short (keys, ids, roles) or are cut short by an escape (`\"`, `\u00e9` in
+/// message text), and `memchr2`'s SIMD set-up costs more than it saves on a few bytes. So the
+/// first `SHORT_STR` bytes are tested 8 at a time in a u64 (SWAR), and only the rest of a
+/// longer string (message content, base64 embeddings) goes to `memchr2`.
+#[inline]
+fn find_string_end(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    let head = s.len().min(SHORT_STR);
+    let mut i = 0;
+    while i + 8 <= head {
+        let w = u64::from_le_bytes(s[i..i + 8].try_into().unwrap());
+        let (q, e) = (w ^ (ONES * b'"' as u64), w ^ (ONES * b'\\' as u64));
+        // High bit set in each byte of `q` / `e` that is zero, i.e. a `"` / `\` in `w`. A
+        // borrow can also flag a byte above a real match, never below one, so the lowest flag
+        // is exact.
+        let hit = (q.wrapping_sub(ONES) & !q | e.wrapping_sub(ONES) & !e) & HIGH;
+        if hit != 0 {
+            return Some(i + (hit.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    while i < head {
+        if matches!(s[i], b'"' | b'\\') {
+            return Some(i);
+        }
+        i += 1;
+    }
+    memchr::memchr2(b'"', b'\\', &s[head..]).map(|at| head + at)
+}
+
+/// Where a string being skipped stopped.
+enum StrEnd {
+    /// Closed: the index just past its closing quote.
+    Closed(usize),
+    /// The chunk ended inside the string ...
+    Open,
+    /// ... right after a backslash.
+    OpenEsc,
+}
+
+/// Skip the rest of a string from `buf[i]` (just past its opening quote or an escaped byte),
+/// escapes included; `esc` is set if there was one. The escaped byte can't end the string
+/// (`\"`, `\\`); `\uXXXX` hex digits are plain bytes, so skipping the one byte after `\` is
+/// enough.
+#[inline]
+fn skip_string(buf: &[u8], mut i: usize, esc: &mut bool) -> StrEnd {
+    loop {
+        let Some(at) = find_string_end(&buf[i..]) else {
+            return StrEnd::Open;
+        };
+        i += at;
+        if buf[i] == b'"' {
+            return StrEnd::Closed(i + 1);
+        }
+        *esc = true;
+        i += 2;
+        if i > buf.len() {
+            return StrEnd::OpenEsc;
+        }
+    }
+}
+
 /// Incremental scanner of a JSON object response body (chat completion, embeddings) that pulls the
 /// top-level `usage` and `model` out as the bytes stream past, without keeping the body.
 pub struct JsonTap {
     st: St,
     field: Field,
-    /// Bracket stack below depth 1, one bit per level (1 = object), `nest` levels deep.
+    /// Bracket stack below depth 1, one bit per level (1 = object), `nest` levels deep: the
+    /// first 64 levels in `stack0` (no allocation for ordinary answers), the rest in `stack`.
+    stack0: u64,
     stack: Vec<u64>,
     nest: usize,
     cap: Cap,
-    /// Raw bytes of the key / value being captured (quotes included for strings).
+    /// Raw bytes of the key / value being captured (quotes included for strings), from the
+    /// chunks before the current one; empty while the capture began in the current chunk (a
+    /// kept part is never empty: it holds at least the opening byte).
     cap_buf: Vec<u8>,
     /// The capture outgrew its limit: its value will be ignored.
     cap_over: bool,
+    /// The key / string value being read has an escape (noted while scanning it, so that the
+    /// common unescaped one needs no second look).
+    cap_esc: bool,
     usage: Option<Usage>,
     model: Option<String>,
     keep_raw_usage: bool,
@@ -130,11 +221,13 @@ impl JsonTap {
         JsonTap {
             st: St::Start,
             field: Field::Other,
+            stack0: 0,
             stack: Vec::new(),
             nest: 0,
             cap: Cap::None,
             cap_buf: Vec::new(),
             cap_over: false,
+            cap_esc: false,
             usage: None,
             model: None,
             keep_raw_usage: false,
@@ -175,54 +268,77 @@ impl JsonTap {
         while i < n {
             match self.st {
                 St::Nested => {
-                    // Hot loop: only quotes and brackets change anything at depth >= 2.
-                    while i < n && !NESTED_SPECIAL[buf[i] as usize] {
+                    // Hot loop: only quotes and brackets change anything at depth >= 2. Strings
+                    // are skipped right here too: back to the dispatch only when the value or
+                    // the chunk ends.
+                    loop {
+                        while i < n && !NESTED_SPECIAL[buf[i] as usize] {
+                            i += 1;
+                        }
+                        if i == n {
+                            break;
+                        }
+                        let b = buf[i];
                         i += 1;
-                    }
-                    if i == n {
-                        break;
-                    }
-                    match buf[i] {
-                        b'"' => self.st = St::NestedStr,
-                        open @ (b'{' | b'[') => {
-                            if !self.push(open == b'{') {
-                                return self.fail();
+                        match b {
+                            b'"' => match skip_string(buf, i, &mut false) {
+                                StrEnd::Closed(end) => i = end,
+                                StrEnd::Open => {
+                                    self.st = St::NestedStr;
+                                    i = n;
+                                    break;
+                                }
+                                StrEnd::OpenEsc => {
+                                    self.st = St::NestedStrEsc;
+                                    i = n;
+                                    break;
+                                }
+                            },
+                            b'{' | b'[' => {
+                                if !self.push(b == b'{') {
+                                    return self.fail();
+                                }
+                            }
+                            close => {
+                                if !self.pop(close == b'}') {
+                                    return self.fail();
+                                }
+                                if self.nest == 0 {
+                                    self.end_value(buf, &mut cap_from, i);
+                                    break;
+                                }
                             }
                         }
-                        close => {
-                            if !self.pop(close == b'}') {
-                                return self.fail();
-                            }
-                            if self.nest == 0 {
-                                self.end_value(buf, &mut cap_from, i + 1);
-                            }
-                        }
                     }
-                    i += 1;
                 }
                 St::NestedStr | St::InStr | St::InKey => {
-                    // memchr's SIMD search: strings (message content, embeddings' base64) are
-                    // most of an answer's bytes.
-                    match memchr::memchr2(b'"', b'\\', &buf[i..]) {
-                        Some(at) => i += at,
-                        None => break,
-                    }
-                    let quote = buf[i] == b'"';
-                    match (self.st, quote) {
-                        (St::NestedStr, true) => self.st = St::Nested,
-                        (St::NestedStr, false) => self.st = St::NestedStrEsc,
-                        (St::InStr, false) => self.st = St::InStrEsc,
-                        (St::InKey, false) => self.st = St::InKeyEsc,
-                        (St::InStr, _) => self.end_value(buf, &mut cap_from, i + 1),
-                        (_, _) => {
-                            self.end_key(buf, cap_from, i + 1);
-                            self.st = St::Colon;
+                    let mut esc = false;
+                    let end = skip_string(buf, i, &mut esc);
+                    self.cap_esc |= esc;
+                    match end {
+                        StrEnd::Closed(end) => {
+                            i = end;
+                            match self.st {
+                                St::NestedStr => self.st = St::Nested,
+                                St::InStr => self.end_value(buf, &mut cap_from, end),
+                                _ => {
+                                    self.end_key(buf, cap_from, end);
+                                    self.st = St::Colon;
+                                }
+                            }
+                        }
+                        StrEnd::Open => break,
+                        StrEnd::OpenEsc => {
+                            self.st = match self.st {
+                                St::NestedStr => St::NestedStrEsc,
+                                St::InStr => St::InStrEsc,
+                                _ => St::InKeyEsc,
+                            };
+                            break;
                         }
                     }
-                    i += 1;
                 }
-                // The escaped byte can't end the string (`\"`, `\\`); `\uXXXX` hex digits are
-                // plain bytes, so skipping just the one byte after `\` is enough.
+                // A chunk ended right after a backslash: the escaped byte can't end the string.
                 St::NestedStrEsc => {
                     self.st = St::NestedStr;
                     i += 1;
@@ -268,7 +384,8 @@ impl JsonTap {
                         (St::Value, _) => {
                             let cap = match (self.field, b) {
                                 (Field::Usage, _) => Cap::Usage,
-                                (Field::Model, b'"') => Cap::Model,
+                                // Only the first model counts: a later one needn't be read.
+                                (Field::Model, b'"') if self.model.is_none() => Cap::Model,
                                 _ => Cap::None,
                             };
                             if cap != Cap::None {
@@ -302,14 +419,20 @@ impl JsonTap {
         if self.nest == MAX_DEPTH {
             return false;
         }
-        let (word, bit) = (self.nest / 64, self.nest % 64);
-        if word == self.stack.len() {
-            self.stack.push(0);
-        }
+        let bit = 1 << (self.nest % 64);
+        let word = match self.nest / 64 {
+            0 => &mut self.stack0,
+            w => {
+                if w > self.stack.len() {
+                    self.stack.push(0);
+                }
+                &mut self.stack[w - 1]
+            }
+        };
         if object {
-            self.stack[word] |= 1 << bit;
+            *word |= bit;
         } else {
-            self.stack[word] &= !(1 << bit);
+            *word &= !bit;
         }
         self.nest += 1;
         true
@@ -321,89 +444,106 @@ impl JsonTap {
             return false;
         }
         self.nest -= 1;
-        let (word, bit) = (self.nest / 64, self.nest % 64);
-        (self.stack[word] >> bit & 1 == 1) == object
+        let word = match self.nest / 64 {
+            0 => self.stack0,
+            w => self.stack[w - 1],
+        };
+        (word >> (self.nest % 64) & 1 == 1) == object
     }
 
     fn start_capture(&mut self, cap: Cap) {
         self.cap = cap;
         self.cap_buf.clear();
         self.cap_over = false;
+        self.cap_esc = false;
     }
 
+    /// Keep `bytes` of a capture that a chunk boundary splits.
     fn capture(&mut self, bytes: &[u8]) {
         if self.cap_over || bytes.is_empty() {
             return;
         }
-        let limit = match self.cap {
-            Cap::None => return,
-            Cap::Key => MAX_KEY_BYTES,
-            Cap::Model => MAX_MODEL_BYTES,
-            Cap::Usage => MAX_USAGE_BYTES,
-        };
+        let limit = self.cap.limit();
         if self.cap_buf.len() + bytes.len() > limit {
             self.cap_over = true;
             self.cap_buf.clear();
         } else {
+            if self.cap_buf.capacity() == 0 {
+                // One allocation for the usual split capture instead of a few doublings.
+                self.cap_buf
+                    .reserve(bytes.len().max(CAP_BUF_INITIAL.min(limit)));
+            }
             self.cap_buf.extend_from_slice(bytes);
         }
     }
 
+    /// End the capture that ends at `buf[..end]` and began at `buf[from]` or in an earlier
+    /// chunk: its whole raw bytes, or None if they outgrew the limit. One that began in this
+    /// chunk is read in place; only a split one is put together in `cap_buf`.
+    fn finish_capture<'a>(
+        &'a mut self,
+        buf: &'a [u8],
+        from: usize,
+        end: usize,
+    ) -> Option<&'a [u8]> {
+        let cap = std::mem::replace(&mut self.cap, Cap::None);
+        let part = &buf[from..end];
+        if self.cap_buf.is_empty() && !self.cap_over {
+            return (part.len() <= cap.limit()).then_some(part);
+        }
+        self.cap = cap;
+        self.capture(part);
+        self.cap = Cap::None;
+        (!self.cap_over).then_some(&self.cap_buf[..])
+    }
+
     /// A depth-1 key ends at `buf[..end]` (closing quote included).
     fn end_key(&mut self, buf: &[u8], cap_from: usize, end: usize) {
-        self.capture(&buf[cap_from..end]);
-        self.cap = Cap::None;
-        self.field = if self.cap_over {
-            Field::Other
-        } else {
-            match &self.cap_buf[..] {
-                b"\"usage\"" => Field::Usage,
-                b"\"model\"" => Field::Model,
-                // Only an escaped spelling can still match; rare, so unescape the slow way.
-                raw if raw.contains(&b'\\') => {
-                    match serde_json::from_slice::<String>(raw).as_deref() {
-                        Ok("usage") => Field::Usage,
-                        Ok("model") => Field::Model,
-                        _ => Field::Other,
-                    }
-                }
+        let esc = self.cap_esc;
+        self.field = match self.finish_capture(buf, cap_from, end) {
+            Some(b"\"usage\"") => Field::Usage,
+            Some(b"\"model\"") => Field::Model,
+            // Only an escaped spelling can still match; rare, so unescape the slow way.
+            Some(raw) if esc => match serde_json::from_slice::<String>(raw).as_deref() {
+                Ok("usage") => Field::Usage,
+                Ok("model") => Field::Model,
                 _ => Field::Other,
-            }
+            },
+            _ => Field::Other,
         };
     }
 
     /// A depth-1 value ends at `buf[..end]`.
     fn end_value(&mut self, buf: &[u8], cap_from: &mut usize, end: usize) {
         self.st = St::AfterValue;
-        let cap = std::mem::replace(&mut self.cap, Cap::None);
+        let cap = self.cap;
         if cap == Cap::None {
             return;
         }
-        self.cap = cap;
-        self.capture(&buf[*cap_from..end]);
-        self.cap = Cap::None;
-        *cap_from = end;
-        if self.cap_over {
+        let from = std::mem::replace(cap_from, end);
+        let (keep_raw, esc) = (self.keep_raw_usage, self.cap_esc);
+        let Some(raw) = self.finish_capture(buf, from, end) else {
             return;
-        }
+        };
         match cap {
             Cap::Usage => {
-                if let Some(u) = Usage::from_json(&self.cap_buf) {
+                if let Some(u) = Usage::from_json(raw) {
+                    let raw = keep_raw.then(|| raw.to_vec());
                     self.usage = Some(u);
-                    if self.keep_raw_usage {
-                        self.raw_usage = Some(self.cap_buf.clone());
+                    if raw.is_some() {
+                        self.raw_usage = raw;
                     }
                 }
             }
-            Cap::Model if self.model.is_none() => {
-                let raw = &self.cap_buf[..];
-                let model = if raw.contains(&b'\\') {
+            Cap::Model => {
+                // Quotes included in the capture; without escapes the inside is the value.
+                let inside = &raw[1..raw.len() - 1];
+                let model = if inside.is_empty() {
+                    None
+                } else if esc {
                     serde_json::from_slice::<String>(raw).ok()
                 } else {
-                    // Quotes included in the capture; no escapes, so the inside is the value.
-                    std::str::from_utf8(&raw[1..raw.len() - 1])
-                        .ok()
-                        .map(str::to_owned)
+                    std::str::from_utf8(inside).ok().map(str::to_owned)
                 };
                 self.model = model.filter(|m| !m.is_empty());
             }
@@ -516,6 +656,67 @@ mod tests {
             }
             pieces.push(&b[prev..]);
             check_chat(&tap_chunks(&pieces));
+        }
+    }
+
+    /// A compact short answer, the common case: read in place when it comes in one chunk.
+    const SMALL: &[u8] = br#"{"id":"chatcmpl-mock-6601","object":"chat.completion","created":1795702559,"model":"x","system_fingerprint":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from m"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":3,"total_tokens":4}}"#;
+
+    #[test]
+    fn small_answer_split_at_every_pair_of_points() {
+        let raw = &SMALL[SMALL.len() - 59..SMALL.len() - 1];
+        assert!(raw.starts_with(b"{\"prompt") && raw.ends_with(b"4}"));
+        let check = |chunks: &[&[u8]]| {
+            let mut t = JsonTap::new();
+            t.keep_raw_usage();
+            for c in chunks {
+                t.feed(c);
+            }
+            assert_eq!(
+                (t.usage(), t.model(), t.raw_usage(), t.st),
+                (u(1, 3, 4), Some("x"), Some(raw), St::Done),
+                "{:?}",
+                chunks.iter().map(|c| c.len()).collect::<Vec<_>>()
+            );
+        };
+        check(&[SMALL]);
+        for i in 0..=SMALL.len() {
+            for j in i..=SMALL.len() {
+                check(&[&SMALL[..i], &SMALL[i..j], &SMALL[j..]]);
+            }
+        }
+    }
+
+    #[test]
+    fn model_cap_in_place_and_split() {
+        // The cap counts the raw string, quotes included.
+        for (len, want) in [(MAX_MODEL_BYTES - 2, true), (MAX_MODEL_BYTES - 1, false)] {
+            let model = "m".repeat(len);
+            let body = format!(r#"{{"model":"{model}","usage":{{"total_tokens":1}}}}"#);
+            for size in [body.len(), 100, 7, 1] {
+                let t = tap_chunks(&body.as_bytes().chunks(size).collect::<Vec<_>>());
+                assert_eq!(t.model(), want.then_some(&model[..]), "{len} in {size}");
+                assert_eq!(t.usage(), u(0, 0, 1));
+            }
+        }
+    }
+
+    #[test]
+    fn find_string_end_matches_a_plain_search() {
+        let mut rng = Rng(31);
+        for _ in 0..20_000 {
+            let len = rng.below(100);
+            let s: Vec<u8> = (0..len)
+                .map(|_| match rng.below(40) {
+                    0 => b'"',
+                    1 => b'\\',
+                    2 => 0x80 | rng.next() as u8,
+                    3 => b'"' ^ 0x80,
+                    _ => b'a' + rng.below(26) as u8,
+                })
+                .collect();
+            let want = s.iter().position(|&b| b == b'"' || b == b'\\');
+            assert_eq!(find_string_end(&s), want, "{s:?}");
         }
     }
 
