@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use super::ctx::{LlmCall, LlmPlugin, PluginCtx, PluginRequest};
 use super::registry::{self, Registration};
-use super::Plugin;
+use super::{AsyncPhase, Plugin};
 use crate::config::schema::AiProxyConf;
 use crate::config::ConfigError;
 use crate::error::Rejection;
@@ -89,6 +89,10 @@ impl AiProxy {
 /// The plugin is the shared `AiProxy`: an LLM call holds on to it for the whole request.
 #[async_trait]
 impl Plugin for Arc<AiProxy> {
+    fn runs(&self, phase: AsyncPhase) -> bool {
+        matches!(phase, AsyncPhase::Access)
+    }
+
     fn name(&self) -> &'static str {
         REGISTRATION.name
     }

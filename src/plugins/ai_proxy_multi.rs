@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 use super::ctx::{LlmCall, LlmPlugin, PluginCtx, PluginRequest};
 use super::registry::{self, Owner, Registration};
-use super::Plugin;
+use super::{AsyncPhase, Plugin};
 use crate::balancer::health::{ActiveProbe, Outcome, PassiveHealth};
 use crate::balancer::state;
 use crate::balancer::tiered::{Algorithm, Member, TieredBalancer};
@@ -437,6 +437,10 @@ fn parse_hash_on(hash_on: Option<&str>, key: Option<&str>) -> Result<HashOn, Str
 /// route of a service): an LLM call holds on to it to pick each attempt's instance.
 #[async_trait]
 impl Plugin for Arc<AiProxyMulti> {
+    fn runs(&self, phase: AsyncPhase) -> bool {
+        matches!(phase, AsyncPhase::Access)
+    }
+
     fn name(&self) -> &'static str {
         REGISTRATION.name
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pingora_http::ResponseHeader;
 
 use super::ctx::{PluginCtx, PluginRequest};
-use super::{AttemptRefusal, Plugin};
+use super::{AsyncPhase, AttemptRefusal, Plugin};
 use crate::error::Rejection;
 
 pub struct Chain {
@@ -76,7 +76,7 @@ impl Chain {
         req: &mut PluginRequest<'_>,
         ctx: &mut PluginCtx,
     ) -> Result<(), Rejection> {
-        for p in &self.plugins {
+        for p in self.plugins.iter().filter(|p| p.runs(AsyncPhase::Rewrite)) {
             p.rewrite(req, ctx).await?;
         }
         Ok(())
@@ -88,7 +88,7 @@ impl Chain {
         req: &mut PluginRequest<'_>,
         ctx: &mut PluginCtx,
     ) -> Result<(), Rejection> {
-        for p in &self.plugins {
+        for p in self.plugins.iter().filter(|p| p.runs(AsyncPhase::Access)) {
             p.access(req, ctx).await?;
         }
         Ok(())
@@ -96,7 +96,11 @@ impl Chain {
 
     /// An attempt's instance is picked; plugins admit it or refuse it.
     pub async fn before_attempt(&self, ctx: &mut PluginCtx) -> Result<(), AttemptRefusal> {
-        for p in &self.plugins {
+        for p in self
+            .plugins
+            .iter()
+            .filter(|p| p.runs(AsyncPhase::BeforeAttempt))
+        {
             p.before_attempt(ctx).await?;
         }
         Ok(())
@@ -118,7 +122,7 @@ impl Chain {
 
     /// After the request ended, however it ended.
     pub async fn log(&self, ctx: &mut PluginCtx) {
-        for p in &self.plugins {
+        for p in self.plugins.iter().filter(|p| p.runs(AsyncPhase::Log)) {
             p.log(ctx).await;
         }
     }

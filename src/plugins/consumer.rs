@@ -4,7 +4,9 @@
 //! merge: consumer over route over service), so a quota configured on a consumer is that
 //! consumer's own.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use super::Plugin;
@@ -36,48 +38,46 @@ pub enum Credential {
 #[derive(Default)]
 pub struct Consumers {
     pub by_name: HashMap<String, Arc<Consumer>>,
-    /// key-auth keys by their SHA-256: a lookup costs one hash of the presented key, whatever
-    /// the number of consumers, and compares digests, not the secrets themselves, so how long
-    /// it takes says nothing about how close a guess was.
-    keys: HashMap<[u8; 32], (Box<str>, Arc<Consumer>)>,
+    /// key-auth keys by their keyed hash (SipHash with this index's own random key): a lookup
+    /// costs one hash of the presented key, whatever the number of consumers. A client can
+    /// neither aim at a bucket nor learn how close a guess was from the lookup's timing, since it
+    /// does not know the hash key; the stored key is then compared in constant time. (It was
+    /// SHA-256, which cost ~2.5k instructions per request for the same guarantees.)
+    keys: HashMap<u64, Vec<(Box<str>, Arc<Consumer>)>>,
+    hasher: RandomState,
 }
 
 impl Consumers {
     /// Index `key` for `consumer`; `Err` if another credential already uses it.
     pub fn add_key(&mut self, key: &str, consumer: &Arc<Consumer>) -> Result<(), String> {
-        let digest = key_digest(key);
-        if let Some((_, other)) = self.keys.get(&digest) {
+        if let Some(other) = self.by_key(key.as_bytes()) {
             return Err(format!(
                 "this key is already used by consumer {:?}",
                 other.username
             ));
         }
-        self.keys.insert(digest, (key.into(), consumer.clone()));
+        let hash = self.hasher.hash_one(key.as_bytes());
+        self.keys
+            .entry(hash)
+            .or_default()
+            .push((key.into(), consumer.clone()));
         Ok(())
     }
 
     /// The consumer a key-auth key belongs to.
     pub fn by_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
-        let (stored, consumer) = self.keys.get(&key_digest_bytes(key))?;
-        // The digests matched; the keys themselves are compared in constant time too.
-        constant_time_eq(stored.as_bytes(), key).then_some(consumer)
+        let same_hash = self.keys.get(&self.hasher.hash_one(key))?;
+        // Almost always one entry; different keys share a 64-bit hash only by rare chance.
+        same_hash
+            .iter()
+            .find(|(stored, _)| constant_time_eq(stored.as_bytes(), key))
+            .map(|(_, consumer)| consumer)
     }
 
     /// Every key (secrets to scrub from logs).
     pub fn secrets(&self) -> impl Iterator<Item = &str> {
-        self.keys.values().map(|(k, _)| &**k)
+        self.keys.values().flatten().map(|(k, _)| &**k)
     }
-}
-
-fn key_digest(key: &str) -> [u8; 32] {
-    key_digest_bytes(key.as_bytes())
-}
-
-fn key_digest_bytes(key: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, key);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }
 
 /// Equal, in a time that depends only on the lengths.

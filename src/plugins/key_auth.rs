@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::consumer::Credential;
 use super::ctx::{PluginCtx, PluginRequest};
 use super::registry::{self, Registration};
-use super::Plugin;
+use super::{AsyncPhase, Plugin};
 use crate::config::ConfigError;
 use crate::error::{GatewayError, Rejection};
 use crate::net::endpoint::encode_query_component;
@@ -109,6 +109,10 @@ impl KeyAuth {
 
 #[async_trait]
 impl Plugin for KeyAuth {
+    fn runs(&self, phase: AsyncPhase) -> bool {
+        matches!(phase, AsyncPhase::Rewrite)
+    }
+
     fn name(&self) -> &'static str {
         REGISTRATION.name
     }

@@ -52,6 +52,14 @@ pub trait Plugin: std::any::Any + Send + Sync {
         false
     }
 
+    /// Whether the plugin acts in an async `phase` at all. The chain skips a plugin whose phase is
+    /// the default no-op: each async phase call builds and frees a boxed future (`async_trait`),
+    /// and a request runs every phase of every plugin of its chain. The default says yes, so a
+    /// plugin that forgets to say which phases it uses is only slower, never wrong.
+    fn runs(&self, _phase: AsyncPhase) -> bool {
+        true
+    }
+
     /// APISIX's rewrite phase: authentication.
     async fn rewrite(
         &self,
@@ -114,6 +122,15 @@ pub trait Plugin: std::any::Any + Send + Sync {
     fn check_route(&self, _chain: &Chain) -> Result<(), ConfigError> {
         Ok(())
     }
+}
+
+/// The async phases of `Plugin`, for `Plugin::runs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsyncPhase {
+    Rewrite,
+    Access,
+    BeforeAttempt,
+    Log,
 }
 
 /// A plugin's refusal of an attempt's instance (`before_attempt`).

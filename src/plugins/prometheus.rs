@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::ctx::{PluginCtx, RequestType};
 use super::registry::{parse, Owner, Registration};
-use super::{Chain, Plugin};
+use super::{AsyncPhase, Chain, Plugin};
 use crate::config::ConfigError;
 use crate::observability::metrics::{self, Metrics, NodeSeries, RouteSeries};
 
@@ -176,6 +176,10 @@ impl Bound {
 
 #[async_trait]
 impl Plugin for Prometheus {
+    fn runs(&self, phase: AsyncPhase) -> bool {
+        matches!(phase, AsyncPhase::Rewrite | AsyncPhase::Log)
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }
