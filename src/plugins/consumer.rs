@@ -34,6 +34,9 @@ pub enum Credential {
     Key(String),
 }
 
+/// A key-auth key and whose it is.
+type KeyEntry = (Box<str>, Arc<Consumer>);
+
 /// Every consumer of a config, and the index authentication plugins look requests up in.
 #[derive(Default)]
 pub struct Consumers {
@@ -43,7 +46,7 @@ pub struct Consumers {
     /// neither aim at a bucket nor learn how close a guess was from the lookup's timing, since it
     /// does not know the hash key; the stored key is then compared in constant time. (It was
     /// SHA-256, which cost ~2.5k instructions per request for the same guarantees.)
-    keys: HashMap<u64, Vec<(Box<str>, Arc<Consumer>)>>,
+    keys: HashMap<u64, Vec<KeyEntry>>,
     hasher: RandomState,
 }
 

@@ -96,20 +96,24 @@ fn byok_authorization(inst: &LlmInstance, client: &RequestHeader) -> Option<Head
 /// The credentials a provider request carries: the client's own `Authorization` (bring your own
 /// key), or else the instance's configured headers and GCP token. With the client's key, none of
 /// the configured credentials is sent (headers, `auth.query`, GCP token): the gateway's account
-/// is never billed for, nor mixed into, a call made with the client's key. (`shape_request`
-/// applies the same rule to the provider request's own header map.)
+/// is never billed for, nor mixed into, a call made with the client's key. Each header is handed
+/// to `put`, in order (a GCP token replaces a configured `Authorization`).
 async fn provider_auth(
     llm: &LlmCall,
     byok: Option<HeaderValue>,
-) -> Result<Vec<(HeaderName, HeaderValue)>, GatewayError> {
+    mut put: impl FnMut(HeaderName, HeaderValue) + Send,
+) -> Result<(), GatewayError> {
     if let Some(v) = byok {
-        return Ok(vec![(http::header::AUTHORIZATION, v)]);
+        put(http::header::AUTHORIZATION, v);
+        return Ok(());
     }
-    let mut out = llm.instance.auth_headers.clone();
+    for (k, v) in &llm.instance.auth_headers {
+        put(k.clone(), v.clone());
+    }
     if let Some(v) = gcp_header(llm).await? {
-        out.push((http::header::AUTHORIZATION, v));
+        put(http::header::AUTHORIZATION, v);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Rewrite the body and pick the endpoint for the current attempt on `llm.instance`. Every
@@ -306,10 +310,6 @@ pub async fn shape_request(
             .endpoint
             .host_value()
             .ok_or_else(|| GatewayError::internal("bad host"))?;
-        let gcp = match byok {
-            None => gcp_header(llm).await?,
-            Some(_) => None,
-        };
         // The provider request is the gateway's own: its headers are edited in the `http` map
         // directly, without Pingora's case-preserving name map, whose every insert converts the
         // name to its title case and parses it back (~1k instructions per header, most of the
@@ -325,19 +325,10 @@ pub async fn shape_request(
         h.remove(http::header::ACCEPT_ENCODING);
         h.insert(request_id::HEADER.clone(), rid);
         h.insert(http::header::HOST, host);
-        match byok {
-            Some(v) => {
-                h.insert(http::header::AUTHORIZATION, v);
-            }
-            None => {
-                for (k, v) in &inst.auth_headers {
-                    h.insert(k.clone(), v.clone());
-                }
-                if let Some(v) = gcp {
-                    h.insert(http::header::AUTHORIZATION, v);
-                }
-            }
-        }
+        provider_auth(llm, byok, |k, v| {
+            h.insert(k, v);
+        })
+        .await?;
         h.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -490,7 +481,7 @@ pub async fn passthrough_call(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let auth_query = if byok.is_some() { "" } else { &inst.auth_query };
-    headers.extend(provider_auth(llm, byok).await?);
+    provider_auth(llm, byok, |k, v| headers.push((k, v))).await?;
     headers.push((
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
