@@ -249,7 +249,6 @@ pub async fn select_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayE
     Ok(Box::new(peer))
 }
 
-/// `upstream_request_filter`: the request line and headers the upstream gets.
 /// Which of `names` (at most 64) are among `keys`, as a bit set: one pass over the request's few
 /// headers, so that only the present ones are looked up again to be removed (most requests carry
 /// one or none of them), with nothing allocated.
@@ -281,6 +280,7 @@ fn drop_present(headers: &mut http::HeaderMap, names: &[HeaderName]) {
     }
 }
 
+/// `upstream_request_filter`: the request line and headers the upstream gets.
 pub async fn shape_request(
     session: &Session,
     req: &mut RequestHeader,

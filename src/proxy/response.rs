@@ -104,7 +104,7 @@ pub fn on_client_header(resp: &mut ResponseHeader, ctx: &RequestCtx) -> bool {
 /// gateway sets a few headers on every answer. The names then go out in canonical case
 /// (`Content-Type`, `x-request-id`), which HTTP/1.1 treats alike (and HTTP/2 lowercases anyway).
 /// A reason phrase of the provider's own is kept.
-pub fn edit_headers(resp: &mut ResponseHeader, edit: impl FnOnce(&mut http::HeaderMap)) {
+fn edit_headers(resp: &mut ResponseHeader, edit: impl FnOnce(&mut http::HeaderMap)) {
     let reason = resp
         .get_reason_phrase()
         .filter(|r| Some(*r) != resp.status.canonical_reason())
