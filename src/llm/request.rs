@@ -31,9 +31,17 @@ impl fmt::Display for BodyError {
     }
 }
 
+/// A top-level member: its key and its value's JSON text, as ranges of the body.
 struct Field {
-    key: Box<str>,
+    key: FieldKey,
     value: Range<usize>,
+}
+
+/// A key is a range of the body unless it had escapes and had to be decoded (rare): no
+/// allocation per key for ordinary requests.
+enum FieldKey {
+    At(Range<usize>),
+    Decoded(Box<str>),
 }
 
 /// A parsed chat-completion or embeddings request.
@@ -59,9 +67,13 @@ impl BodyOptions {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
+        self.get_bytes(key.as_bytes())
+    }
+
+    fn get_bytes(&self, key: &[u8]) -> Option<&str> {
         self.fields
             .iter()
-            .find(|(k, _)| k == key)
+            .find(|(k, _)| k.as_bytes() == key)
             .map(|(_, v)| v.as_str())
     }
 
@@ -97,26 +109,17 @@ impl LlmRequest {
         if body.iter().all(|b| b.is_ascii_whitespace()) {
             return Err(BodyError::Empty);
         }
-        let base = body.as_ptr() as usize;
         let mut de = serde_json::Deserializer::from_slice(&body);
-        let top = match TopLevel::deserialize(&mut de).and_then(|t| de.end().map(|_| t)) {
+        let top = TopLevel {
+            base: body.as_ptr() as usize,
+        };
+        let fields = match top.deserialize(&mut de).and_then(|t| de.end().map(|_| t)) {
             Ok(t) => t,
             Err(e) if e.classify() == serde_json::error::Category::Data => {
                 return Err(BodyError::NotObject)
             }
             Err(e) => return Err(BodyError::InvalidJson(e.to_string())),
         };
-        let fields = top
-            .0
-            .into_iter()
-            .map(|(k, v)| {
-                let start = v.get().as_ptr() as usize - base;
-                Field {
-                    key: k.into(),
-                    value: start..start + v.get().len(),
-                }
-            })
-            .collect();
         Ok(LlmRequest { body, fields })
     }
 
@@ -124,15 +127,27 @@ impl LlmRequest {
         &self.body
     }
 
+    /// A field's key, as UTF-8 bytes (a range came from a borrowed `&str` over this very body).
+    fn key<'a>(&'a self, f: &'a Field) -> &'a [u8] {
+        match &f.key {
+            FieldKey::At(r) => &self.body[r.clone()],
+            FieldKey::Decoded(k) => k.as_bytes(),
+        }
+    }
+
     /// The raw JSON text of a top-level field (the last one, as JSON parsers do with duplicates).
     pub fn raw(&self, key: &str) -> Option<&str> {
-        let f = self.fields.iter().rev().find(|f| &*f.key == key)?;
+        let f = self
+            .fields
+            .iter()
+            .rev()
+            .find(|f| self.key(f) == key.as_bytes())?;
         // The range came from a &RawValue (valid UTF-8 JSON) over this very buffer.
         std::str::from_utf8(&self.body[f.value.clone()]).ok()
     }
 
     pub fn has(&self, key: &str) -> bool {
-        self.fields.iter().any(|f| &*f.key == key)
+        self.fields.iter().any(|f| self.key(f) == key.as_bytes())
     }
 
     pub fn model(&self) -> Option<String> {
@@ -188,7 +203,7 @@ impl LlmRequest {
         let mut out = BytesMut::with_capacity(self.body.len() + extra + 48);
         out.put_u8(b'{');
         let mut first = true;
-        let mut put = |out: &mut BytesMut, key: &str, value: &[u8]| {
+        let mut put = |out: &mut BytesMut, key: &[u8], value: &[u8]| {
             if !first {
                 out.put_u8(b',');
             }
@@ -198,10 +213,10 @@ impl LlmRequest {
             out.extend_from_slice(value);
         };
         for f in &self.fields {
-            let key = &*f.key;
-            if options.get(key).is_some()
-                || (spec.drop_model && key == "model")
-                || (stream_options.is_some() && key == "stream_options")
+            let key = self.key(f);
+            if options.get_bytes(key).is_some()
+                || (spec.drop_model && key == b"model")
+                || (stream_options.is_some() && key == b"stream_options")
             {
                 continue;
             }
@@ -213,10 +228,10 @@ impl LlmRequest {
             {
                 continue;
             }
-            put(&mut out, k, v.as_bytes());
+            put(&mut out, k.as_bytes(), v.as_bytes());
         }
         if let Some(so) = &stream_options {
-            put(&mut out, "stream_options", so.as_bytes());
+            put(&mut out, b"stream_options", so.as_bytes());
         }
         out.put_u8(b'}');
 
@@ -381,41 +396,61 @@ impl<'de> Visitor<'de> for Element<'_, 'de> {
     }
 }
 
-fn write_json_key(out: &mut BytesMut, key: &str) {
-    if key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+fn write_json_key(out: &mut BytesMut, key: &[u8]) {
+    if key.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.put_u8(b'"');
-        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(key);
         out.put_u8(b'"');
     } else {
+        // A decoded key with quotes or control characters: serde escapes it again.
+        let key = String::from_utf8_lossy(key);
         out.extend_from_slice(
-            serde_json::Value::String(key.to_string())
+            serde_json::Value::String(key.into_owned())
                 .to_string()
                 .as_bytes(),
         );
     }
 }
 
-/// The top-level object as (key, raw value) pairs borrowed from the input.
-struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// Reads the top-level object into `Field`s: keys and values as ranges of the input, which starts
+/// at `base`. One vector is all it allocates.
+struct TopLevel {
+    base: usize,
+}
 
-impl<'de> Deserialize<'de> for TopLevel<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TopLevel<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
-                    let v: &'de RawValue = map.next_value()?;
-                    fields.push((k, v));
-                }
-                Ok(TopLevel(fields))
-            }
+impl<'de> DeserializeSeed<'de> for TopLevel {
+    type Value = Vec<Field>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel {
+    type Value = Vec<Field>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let range = |s: &str| {
+            let start = s.as_ptr() as usize - self.base;
+            start..start + s.len()
+        };
+        let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+            let v: &'de RawValue = map.next_value()?;
+            let key = match k {
+                Cow::Borrowed(k) => FieldKey::At(range(k)),
+                Cow::Owned(k) => FieldKey::Decoded(k.into()),
+            };
+            fields.push(Field {
+                key,
+                value: range(v.get()),
+            });
         }
-        d.deserialize_map(V)
+        Ok(fields)
     }
 }
 
@@ -542,6 +577,10 @@ mod tests {
         let out = r.rewrite(&BodyOptions::default(), RewriteSpec::default());
         let v = json(&out.body);
         assert_eq!(v["a\"b"], serde_json::json!([1, 2]));
+        // An escaped key is decoded (kept apart from the body) and still found by its name.
+        let r = req(r#"{"mod\u0065l":"x","messages":[]}"#);
+        assert_eq!(r.model().as_deref(), Some("x"));
+        assert!(r.has("messages") && !r.is_embeddings());
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct RequestCtx {
     /// A plugin refused the request (a spent quota): the gateway's decision, answered to the
     /// client and in the access log, not an error for the error log.
     pub refused: bool,
+    /// The body the gateway read is also in Pingora's own retry buffer (`replay::keep_small_body`).
+    pub body_in_retry_buffer: bool,
 }
 
 impl RequestCtx {
@@ -76,6 +78,7 @@ impl RequestCtx {
             stale_retry: false,
             body_reservation: None,
             refused: false,
+            body_in_retry_buffer: false,
         }
     }
 }

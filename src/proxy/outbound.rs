@@ -249,34 +249,61 @@ pub async fn select_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayE
     Ok(Box::new(peer))
 }
 
-/// Which of `names` (at most 64) are among `keys`, as a bit set: one pass over the request's few
-/// headers, so that only the present ones are looked up again to be removed (most requests carry
-/// one or none of them), with nothing allocated.
-fn present(keys: http::header::Keys<'_, HeaderValue>, names: &[HeaderName]) -> u64 {
-    debug_assert!(names.len() <= 64);
-    keys.fold(0, |set, k| match names.iter().position(|n| n == k) {
-        Some(i) => set | 1 << i,
-        None => set,
-    })
-}
+/// `DROP_HEADERS[i]` is bit `i` of a header set, `CLIENT_CREDENTIAL_HEADERS[i]` bit
+/// `CREDENTIAL_BITS + i`, and `Accept-Encoding` bit `ACCEPT_ENCODING_BIT`.
+const CREDENTIAL_BITS: u32 = 16;
+const ACCEPT_ENCODING_BIT: u32 = 24;
 
-/// Remove the headers of `names` the request has.
-fn remove_present(req: &mut RequestHeader, names: &[HeaderName]) {
-    let set = present(req.headers.keys(), names);
-    for (i, name) in names.iter().enumerate() {
-        if set & 1 << i != 0 {
-            req.remove_header(name);
-        }
+/// The bit of a header name the gateway may drop (see `header_set`), or 0. One string match on
+/// the name (a switch on its length, then a compare) instead of comparing it with every name
+/// (`HeaderName` equality was ~800 instructions per request under callgrind). A test checks it
+/// against the two name lists.
+fn header_bit(name: &str) -> u32 {
+    match name {
+        "connection" => 1,
+        "keep-alive" => 1 << 1,
+        "proxy-connection" => 1 << 2,
+        "te" => 1 << 3,
+        "trailer" => 1 << 4,
+        "upgrade" => 1 << 5,
+        "expect" => 1 << 6,
+        "transfer-encoding" => 1 << 7,
+        "content-length" => 1 << 8,
+        "authorization" => 1 << CREDENTIAL_BITS,
+        "proxy-authorization" => 1 << (CREDENTIAL_BITS + 1),
+        "x-api-key" => 1 << (CREDENTIAL_BITS + 2),
+        "api-key" => 1 << (CREDENTIAL_BITS + 3),
+        "x-goog-api-key" => 1 << (CREDENTIAL_BITS + 4),
+        "apikey" => 1 << (CREDENTIAL_BITS + 5),
+        "cookie" => 1 << (CREDENTIAL_BITS + 6),
+        "accept-encoding" => 1 << ACCEPT_ENCODING_BIT,
+        _ => 0,
     }
 }
 
-/// The same over a plain header map.
-fn drop_present(headers: &mut http::HeaderMap, names: &[HeaderName]) {
-    let set = present(headers.keys(), names);
-    for (i, name) in names.iter().enumerate() {
-        if set & 1 << i != 0 {
-            headers.remove(name);
-        }
+/// Which droppable headers the request has, as a bit set: one pass over its few headers, so that
+/// only the present ones are looked up again to be removed (most requests carry one or none),
+/// with nothing allocated.
+fn header_set(keys: http::header::Keys<'_, HeaderValue>) -> u32 {
+    keys.fold(0, |set, k| set | header_bit(k.as_str()))
+}
+
+/// The name of bit `i` of a header set.
+fn bit_name(i: u32) -> &'static HeaderName {
+    static ACCEPT_ENCODING: HeaderName = http::header::ACCEPT_ENCODING;
+    match i {
+        ACCEPT_ENCODING_BIT => &ACCEPT_ENCODING,
+        i if i >= CREDENTIAL_BITS => &CLIENT_CREDENTIAL_HEADERS[(i - CREDENTIAL_BITS) as usize],
+        i => &DROP_HEADERS[i as usize],
+    }
+}
+
+/// Remove the headers of `set` from `headers`.
+fn drop_set(headers: &mut http::HeaderMap, mut set: u32) {
+    while set != 0 {
+        let i = set.trailing_zeros();
+        set &= set - 1;
+        headers.remove(bit_name(i));
     }
 }
 
@@ -319,10 +346,12 @@ pub async fn shape_request(
         let blank = RequestHeader::from(http::Request::new(()).into_parts().0);
         let mut parts: http::request::Parts = std::mem::replace(req, blank).into();
         let h = &mut parts.headers;
-        drop_present(h, &DROP_HEADERS);
-        drop_present(h, &CLIENT_CREDENTIAL_HEADERS);
-        // A gzip answer would hide the usage from the gateway (APISIX issue #13544).
-        h.remove(http::header::ACCEPT_ENCODING);
+        // Every hop-by-hop and framing header, every client credential, and `Accept-Encoding`
+        // (a gzip answer would hide the usage from the gateway, APISIX issue #13544). The
+        // `Content-Length` is replaced below, not removed first.
+        let content_length = header_bit(http::header::CONTENT_LENGTH.as_str());
+        let set = header_set(h.keys()) & !content_length;
+        drop_set(h, set);
         h.insert(request_id::HEADER.clone(), rid);
         h.insert(http::header::HOST, host);
         provider_auth(llm, byok, |k, v| {
@@ -352,7 +381,12 @@ pub async fn shape_request(
     }
 
     // Plain upstream, or the second hop of passthrough.
-    remove_present(req, &DROP_HEADERS[..HOP_BY_HOP]);
+    let hop_by_hop = header_set(req.headers.keys()) & ((1 << HOP_BY_HOP) - 1);
+    let mut i = hop_by_hop;
+    while i != 0 {
+        req.remove_header(bit_name(i.trailing_zeros()));
+        i &= i - 1;
+    }
     let set = |req: &mut RequestHeader, name: HeaderName, value: HeaderValue| {
         req.insert_header(name, value)
             .map_err(|_| GatewayError::internal("invalid upstream header"))
@@ -619,4 +653,59 @@ pub fn classify_failure(e: &pingora_error::Error, ctx: &RequestCtx) -> Option<Ga
         }
     }
     Some(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `header_bit` is a hand-written copy of the two name lists: it must agree with them.
+    #[test]
+    fn header_bits_match_the_name_lists() {
+        let mut seen = 0u32;
+        for (i, n) in DROP_HEADERS.iter().enumerate() {
+            assert_eq!(header_bit(n.as_str()), 1 << i, "{n}");
+            assert_eq!(bit_name(i as u32), n);
+            seen |= 1 << i;
+        }
+        for (i, n) in CLIENT_CREDENTIAL_HEADERS.iter().enumerate() {
+            let bit = CREDENTIAL_BITS + i as u32;
+            assert_eq!(header_bit(n.as_str()), 1 << bit, "{n}");
+            assert_eq!(bit_name(bit), n);
+            seen |= 1 << bit;
+        }
+        assert_eq!(header_bit("accept-encoding"), 1 << ACCEPT_ENCODING_BIT);
+        assert_eq!(
+            bit_name(ACCEPT_ENCODING_BIT),
+            &http::header::ACCEPT_ENCODING
+        );
+        assert_eq!(header_bit("content-type"), 0);
+        assert_eq!(header_bit("x-request-id"), 0);
+        // The three groups do not overlap.
+        assert_eq!(seen & (1 << ACCEPT_ENCODING_BIT), 0);
+        assert!(DROP_HEADERS.len() <= CREDENTIAL_BITS as usize);
+        assert!(
+            CREDENTIAL_BITS as usize + CLIENT_CREDENTIAL_HEADERS.len()
+                <= ACCEPT_ENCODING_BIT as usize
+        );
+    }
+
+    #[test]
+    fn drop_set_removes_exactly_the_present_ones() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive"),
+            ("apikey", "secret"),
+            ("accept-encoding", "gzip"),
+            ("content-type", "application/json"),
+            ("x-trace", "1"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let set = header_set(h.keys());
+        drop_set(&mut h, set);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-type", "x-trace"]);
+    }
 }

@@ -15,6 +15,13 @@
 //! In `logging`, which Pingora always runs before finishing the request, the real session is put
 //! back, so the connection's keep-alive handling is the stock HTTP/1 one.
 //!
+//! Most bodies are small, and for them Pingora's own retry buffer is enough: `keep_small_body`
+//! turns it on before the gateway reads a body whose Content-Length is at most
+//! `PINGORA_BUFFER_MAX`, and `install` then leaves the session as it is. The wrapper costs a
+//! dynamic call on every session access, boxed futures for several of them and two moves of the
+//! ~700-byte session; Pingora's buffer costs two copies of the body, which is less below a few
+//! KiB (callgrind and perf under wrk put the wrapper at ~1.5% of a small chat request's CPU).
+//!
 //! The wrapper can also hold the response header back until the body is complete
 //! (`hold_header`): an answer the gateway must read whole before it can rewrite it (Vertex AI
 //! `:predict`) may still turn out unusable (too large, cut off), and then the client gets the
@@ -54,8 +61,39 @@ impl ReplayToken {
     }
 }
 
-/// Wrap the session's downstream so `body` is replayed to the upstream.
-pub fn install(session: &mut pingora_proxy::Session, body: Bytes) -> ReplayToken {
+/// Bodies up to this many bytes are replayed from Pingora's own retry buffer (64 KiB at most)
+/// rather than through the wrapper: below it, the buffer's two copies of the body cost less.
+pub const PINGORA_BUFFER_MAX: u64 = 16 * 1024;
+
+/// Before the gateway reads a body: when it declares a small length, let Pingora keep its own copy
+/// (its retry buffer) as it is read. `true` when it will; `install` is told so.
+pub fn keep_small_body(session: &mut pingora_proxy::Session, declared: Option<u64>) -> bool {
+    let small = declared.is_some_and(|n| n > 0 && n <= PINGORA_BUFFER_MAX);
+    if small {
+        session.downstream_session.enable_retry_buffering();
+    }
+    small
+}
+
+/// Make sure `body`, already read by the gateway, reaches the upstream on every attempt: from
+/// Pingora's retry buffer when `in_retry_buffer` says the whole body is there (and no answer
+/// header may have to be held), else by wrapping the session's downstream.
+pub fn install(
+    session: &mut pingora_proxy::Session,
+    body: Bytes,
+    in_retry_buffer: bool,
+    may_hold: bool,
+) -> ReplayToken {
+    let ds = &mut session.downstream_session;
+    if in_retry_buffer
+        && !may_hold
+        && !body.is_empty()
+        && body.len() as u64 <= PINGORA_BUFFER_MAX
+        && ds.is_body_done()
+        && !ds.retry_buffer_truncated()
+    {
+        return ReplayToken::default();
+    }
     let placeholder = ServerSession::new_custom(Box::new(ReplaySession {
         inner: None,
         body: Bytes::new(),

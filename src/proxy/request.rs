@@ -108,7 +108,7 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
         // read for matching, in which case it is replayed as is.
         if let Some(b) = body.filter(|b| !b.is_empty()) {
             ctx.replay_body = Some(b.clone());
-            ctx.replay = replay::install(session, b);
+            ctx.replay = replay::install(session, b, ctx.body_in_retry_buffer, false);
         }
         None
     };
@@ -130,6 +130,8 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
         return Verdict::Proxy;
     };
     let client_body = llm.request.body().clone();
+    // An embeddings answer may have to be read whole (Vertex AI `:predict`) and its header held.
+    let may_hold = llm.request.is_embeddings();
     if llm.passthrough() {
         // Boxed: a whole HTTP exchange with the provider, a large future that every request's
         // `request_filter` future would otherwise carry (and copy) for the few that pass through.
@@ -145,7 +147,7 @@ pub async fn run(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> V
             }
         }
     }
-    ctx.replay = replay::install(session, client_body);
+    ctx.replay = replay::install(session, client_body, ctx.body_in_retry_buffer, may_hold);
     Verdict::Proxy
 }
 
@@ -207,10 +209,19 @@ fn has_body(session: &Session) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
+/// `application/json` or `application/*+json`, any case, parameters ignored (nothing allocated).
 fn is_json(ct: &[u8]) -> bool {
-    let mime = ct.split(|b| *b == b';').next().unwrap_or(b"");
-    let mime = String::from_utf8_lossy(mime).trim().to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+    if ct == b"application/json" {
+        return true; // nearly every request
+    }
+    let mime = ct.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
+    let (ty, sub) = match mime.iter().position(|b| *b == b'/') {
+        Some(i) => (&mime[..i], &mime[i + 1..]),
+        None => return false,
+    };
+    ty.eq_ignore_ascii_case(b"application")
+        && (sub.eq_ignore_ascii_case(b"json")
+            || (sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case(b"+json")))
 }
 
 /// Why a body could not be read.
@@ -232,8 +243,20 @@ async fn read_body(
 ) -> Result<Bytes, GatewayError> {
     let deadline = tokio::time::Instant::from_std(ctx.started + gw.body_total_timeout);
     let mut claim = BodyClaim::new(gw.body_budget.as_ref());
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    ctx.body_in_retry_buffer = replay::keep_small_body(session, declared);
     let result = {
-        let mut read = std::pin::pin!(read_whole_body(session, gw.max_body_size, &mut claim));
+        let mut read = std::pin::pin!(read_whole_body(
+            session,
+            declared,
+            gw.max_body_size,
+            &mut claim
+        ));
         // A small body usually came with its header and is read at once: only a read that has
         // to wait arms the deadline's timer (setting one up and tearing it down was a fifth of
         // this function's instructions under callgrind).
@@ -276,15 +299,10 @@ fn body_timeout() -> GatewayError {
 /// read (503 when the gateway holds too much already).
 async fn read_whole_body(
     session: &mut Session,
+    declared: Option<u64>,
     max: u64,
     claim: &mut BodyClaim,
 ) -> Result<Bytes, BodyFailure> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
         return Err(BodyFailure::Refused(GatewayError::too_large(max)));
     }
@@ -381,6 +399,36 @@ impl PostArgs for BodyArgs<'_> {
         match self.0.lookup(path) {
             Some(json) => JsonArg::Found(json),
             None => JsonArg::Absent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json;
+
+    #[test]
+    fn is_json_accepts_json_types_only() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/json ",
+            "application/vnd.api+json",
+            "application/merge-patch+JSON;x=1",
+        ] {
+            assert!(is_json(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "text/plain",
+            "application/jsonx",
+            "application/+json",
+            "text/json",
+            "application",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=+json",
+        ] {
+            assert!(!is_json(bad.as_bytes()), "{bad}");
         }
     }
 }
