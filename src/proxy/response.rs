@@ -78,6 +78,13 @@ pub fn on_client_header(resp: &mut ResponseHeader, ctx: &RequestCtx) -> bool {
         _ => false,
     });
     edit_headers(resp, |h| {
+        // With plugin headers (a quota's three), room for every insert at once: the map was
+        // sized for the provider's headers, and growing it one insert at a time rehashed it
+        // more than once (callgrind: ~20% of this function). Without them, reserving costs more
+        // than the one growth it saves.
+        if !ctx.plugins.response_headers.is_empty() {
+            h.reserve(2 + ctx.plugins.response_headers.len());
+        }
         if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
             h.insert(request_id::HEADER.clone(), v);
         }
