@@ -90,10 +90,9 @@ impl Window {
         (f * self.ms as f64).round() as u64
     }
 
-    /// Let a due turn-over happen (any `Rate` call does), then say when the window started, in
-    /// the store's clock.
+    /// When the window started, in the store's clock. `elapsed` lets a due turn-over happen first
+    /// (every `Rate` call does, `rate_with` included), so no other call is needed for it.
     fn start(&self, now: u64) -> u64 {
-        self.rate.rate(&());
         now.saturating_sub(self.elapsed())
     }
 
