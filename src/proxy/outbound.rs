@@ -298,12 +298,22 @@ fn bit_name(i: u32) -> &'static HeaderName {
     }
 }
 
-/// Remove the headers of `set` from `headers`.
-fn drop_set(headers: &mut http::HeaderMap, mut set: u32) {
-    while set != 0 {
+/// The names of the headers in `set`.
+fn set_names(mut set: u32) -> impl Iterator<Item = &'static HeaderName> {
+    std::iter::from_fn(move || {
+        if set == 0 {
+            return None;
+        }
         let i = set.trailing_zeros();
         set &= set - 1;
-        headers.remove(bit_name(i));
+        Some(bit_name(i))
+    })
+}
+
+/// Remove the headers of `set` from `headers`.
+fn drop_set(headers: &mut http::HeaderMap, set: u32) {
+    for name in set_names(set) {
+        headers.remove(name);
     }
 }
 
@@ -382,10 +392,8 @@ pub async fn shape_request(
 
     // Plain upstream, or the second hop of passthrough.
     let hop_by_hop = header_set(req.headers.keys()) & ((1 << HOP_BY_HOP) - 1);
-    let mut i = hop_by_hop;
-    while i != 0 {
-        req.remove_header(bit_name(i.trailing_zeros()));
-        i &= i - 1;
+    for name in set_names(hop_by_hop) {
+        req.remove_header(name);
     }
     let set = |req: &mut RequestHeader, name: HeaderName, value: HeaderValue| {
         req.insert_header(name, value)

@@ -243,12 +243,7 @@ async fn read_body(
 ) -> Result<Bytes, GatewayError> {
     let deadline = tokio::time::Instant::from_std(ctx.started + gw.body_total_timeout);
     let mut claim = BodyClaim::new(gw.body_budget.as_ref());
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = crate::net::declared_length(session.req_header());
     ctx.body_in_retry_buffer = replay::keep_small_body(session, declared);
     let result = {
         let mut read = std::pin::pin!(read_whole_body(

@@ -117,12 +117,7 @@ async fn read_body(session: &mut ServerSession) -> Result<bytes::Bytes, Reply> {
             format!("request body too large (at most {MAX_BODY} bytes)"),
         )
     };
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = crate::net::declared_length(session.req_header());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
