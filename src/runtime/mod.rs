@@ -540,7 +540,21 @@ impl Store {
         origin: crate::resources::Origin,
         resources: Resources,
     ) -> Result<(), ApplyError> {
+        self.replace_origin_if(origin, resources, || true).map(drop)
+    }
+
+    /// `replace_origin`, only if `still_fresh` says so under the store's lock (which every change
+    /// holds while it is written): false, and nothing changed, when it does not.
+    pub fn replace_origin_if(
+        &self,
+        origin: crate::resources::Origin,
+        resources: Resources,
+        still_fresh: impl FnOnce() -> bool,
+    ) -> Result<bool, ApplyError> {
         let mut d = self.lock();
+        if !still_fresh() {
+            return Ok(false);
+        }
         let other = match origin {
             crate::resources::Origin::File => crate::resources::Origin::Admin,
             crate::resources::Origin::Admin => crate::resources::Origin::File,
@@ -551,7 +565,8 @@ impl Store {
         };
         base.index = base.index.max(d.resources.index);
         base.merge_stored(add).map_err(ApplyError::Conflict)?;
-        self.publish(&mut d, base, |_| Ok(()))
+        self.publish(&mut d, base, |_| Ok(()))?;
+        Ok(true)
     }
 
     fn publish(

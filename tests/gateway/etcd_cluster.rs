@@ -181,3 +181,30 @@ fn two_nodes_share_one_configuration_through_etcd_and_survive_its_outage() {
     );
     b.wait_for((404, ""), Duration::from_secs(5));
 }
+
+/// An admin write made while the node's first full load from etcd is still being read or
+/// compiled serves at once and stays served: the older load must not replace it (it once did, for
+/// a moment, until the watch brought the write back). Many stored routes make that load long.
+#[test]
+fn an_admin_write_during_the_first_load_is_not_undone_by_it() {
+    let mock = Mock::start("m");
+    let etcd = EtcdServer::start();
+    for i in 0..400 {
+        let mut r = route(&mock, "stored");
+        r["uri"] = json!(format!("/stored/{i}"));
+        etcd_put(&etcd, &format!("/routes/s{i}"), &r.to_string());
+    }
+    for round in 0..3 {
+        let n = node(&etcd);
+        let model = format!("round-{round}");
+        let r = n.admin("PUT", "/apisix/admin/routes/1", route(&mock, &model));
+        assert!(matches!(r.status, 200 | 201), "{} {}", r.status, r.text());
+        // Served at once, and every moment after, while the load settles.
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            assert_eq!(n.model(), (200, model.clone()), "{}", n.gw.error_log());
+        }
+        // And the stored routes are there too.
+        assert_eq!(n.gw.chat("/stored/399", &chat_body("hi")).status, 200);
+    }
+}

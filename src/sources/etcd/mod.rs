@@ -21,6 +21,7 @@
 pub mod client;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -36,6 +37,9 @@ use client::{EtcdClient, EtcdSettings, Kv, WatchEvent};
 
 /// How long to wait before asking an unreachable etcd again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// Full loads in a row that this node's own admin writes may overtake before waiting `RETRY`.
+const STALE_LOADS: u32 = 5;
 
 /// The etcd key of a resource, relative to the prefix.
 pub fn key_of(kind: Kind, id: &str) -> String {
@@ -69,6 +73,9 @@ pub struct EtcdStore {
     known: Mutex<Known>,
     /// The sync service's runtime, once it runs.
     handle: OnceLock<tokio::runtime::Handle>,
+    /// How many admin writes etcd has taken from this node. A full load read before the last
+    /// of them may miss it, and must not replace what the write already serves.
+    writes: AtomicU64,
 }
 
 #[derive(Default)]
@@ -86,6 +93,7 @@ impl EtcdStore {
             timeout,
             known: Mutex::new(Known::default()),
             handle: OnceLock::new(),
+            writes: AtomicU64::new(0),
         }))
     }
 
@@ -153,6 +161,9 @@ impl Persist for EtcdStore {
         let wait = self.timeout * (ops.len() as u32).min(16) + Duration::from_secs(1);
         match rx.recv_timeout(wait) {
             Ok(Ok(())) => {
+                // Counted under the store's lock (save runs inside `Store::apply`), which a full
+                // load's replacement takes too: see `EtcdSync::resync`.
+                self.writes.fetch_add(1, Ordering::SeqCst);
                 let mut known = self.known();
                 for (key, value) in ops {
                     match value {
@@ -197,18 +208,32 @@ impl EtcdSync {
     /// One full load and the watch after it, until the watch breaks or the server stops.
     async fn sync(&self, shutdown: &mut ShutdownWatch, down: &mut bool) {
         let client = &self.etcd.client;
-        let (kvs, revision) = match client.get_prefix("/").await {
-            Ok(r) => r,
-            Err(e) => {
-                if !*down {
-                    log::error!("etcd is unavailable ({e}): serving the last good configuration; retrying every second");
-                    *down = true;
+        // An admin write on this node between the read and its replacement would be undone by
+        // the older snapshot until the watch brings it back (a 404 right after a 201): such a
+        // load is read again. A node written to without pause falls back to the retry pace.
+        let mut attempts = 0;
+        let (n, revision) = loop {
+            let writes = self.etcd.writes.load(Ordering::SeqCst);
+            let (kvs, revision) = match client.get_prefix("/").await {
+                Ok(r) => r,
+                Err(e) => {
+                    if !*down {
+                        log::error!("etcd is unavailable ({e}): serving the last good configuration; retrying every second");
+                        *down = true;
+                    }
+                    return;
                 }
+            };
+            let n = kvs.len();
+            if self.resync(kvs, writes).await {
+                break (n, revision);
+            }
+            attempts += 1;
+            if attempts == STALE_LOADS {
+                log::warn!("etcd: this node's admin writes kept overtaking the full load; loading again");
                 return;
             }
         };
-        let n = kvs.len();
-        self.resync(kvs).await;
         if *down {
             log::warn!("etcd is available again: {n} keys loaded");
             *down = false;
@@ -236,8 +261,10 @@ impl EtcdSync {
         }
     }
 
-    /// Replace the etcd-origin resources by the prefix's content, skipping what is not valid.
-    async fn resync(&self, kvs: Vec<Kv>) {
+    /// Replace the etcd-origin resources by the prefix's content, skipping what is not valid;
+    /// false (and nothing replaced) when this node's admin wrote to etcd since `writes` was read
+    /// before the prefix was.
+    async fn resync(&self, kvs: Vec<Kv>, writes: u64) -> bool {
         let store = self.store.clone();
         let etcd = self.etcd.clone();
         let done = tokio::task::spawn_blocking(move || {
@@ -269,13 +296,15 @@ impl EtcdSync {
             }
             // What does not compile is named by the error's path (`routes/1.plugins...`): drop
             // it and try again, so one bad object never keeps the rest out.
+            let fresh = || etcd.writes.load(Ordering::SeqCst) == writes;
             for _ in 0..=keys.len() {
-                match store.replace_origin(Origin::Admin, resources.clone()) {
-                    Ok(()) => break,
+                match store.replace_origin_if(Origin::Admin, resources.clone(), fresh) {
+                    Ok(true) => break,
+                    Ok(false) => return false,
                     Err(ApplyError::Change(ChangeError::Invalid(e))) => {
                         let Some((kind, id)) = named(&e.path, &resources) else {
                             log::error!("etcd: the stored configuration does not compile: {e}");
-                            return;
+                            return true;
                         };
                         log::error!("etcd: skipping {} {id:?}: {e}", kind.singular());
                         resources = without(&resources, kind, &id);
@@ -283,15 +312,16 @@ impl EtcdSync {
                     }
                     Err(e) => {
                         log::error!("etcd: the stored configuration was not applied: {e}");
-                        return;
+                        return true;
                     }
                 }
             }
             let mut known = etcd.known();
             known.values = values;
             known.served = keys.into_values().collect();
+            true
         });
-        let _ = done.await;
+        done.await.unwrap_or(true)
     }
 
     async fn apply_events(&self, events: Vec<WatchEvent>) {
