@@ -110,7 +110,10 @@ impl PassiveHealth {
     }
 
     pub fn cooling_down(&self) -> bool {
-        self.down_until_ms.load(Ordering::Relaxed) > now_ms()
+        // An instance never marked down (0) needs no clock read: this runs for every instance
+        // of every pick.
+        let until = self.down_until_ms.load(Ordering::Relaxed);
+        until != 0 && until > now_ms()
     }
 }
 
