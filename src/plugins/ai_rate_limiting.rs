@@ -45,6 +45,7 @@ use super::{AsyncPhase, AttemptRefusal, Plugin};
 use crate::config::{limits, ConfigError};
 use crate::error::{GatewayError, Rejection};
 use crate::llm::request::LlmRequest;
+use crate::net::number_value;
 use crate::providers::instance::LlmInstance;
 use crate::quota::expr::CostExpr;
 use crate::quota::redis::{RedisFields, RedisPolicy, RedisSettings};
@@ -253,6 +254,9 @@ struct InstanceQuota {
     name: String,
     /// The counter's name below the scope (`instance/<name>`).
     key: String,
+    /// `<scope>/<key>` when the scope is fixed (a route's or a consumer's plugin): made once, not
+    /// per attempt.
+    full_key: Option<String>,
     limit: Limit,
     headers: Arc<QuotaHeaders>,
 }
@@ -265,6 +269,8 @@ type HeaderCache = ArcSwap<Vec<(Box<str>, Option<Arc<QuotaHeaders>>)>>;
 struct InstanceCounter<'a> {
     /// The counter's name below the scope.
     name: &'a str,
+    /// The whole key, when the scope is fixed.
+    full_key: Option<&'a str>,
     limit: Limit,
     headers: Option<Arc<QuotaHeaders>>,
 }
@@ -285,6 +291,8 @@ enum Quotas {
         own: Vec<InstanceQuota>,
         /// The top-level `limit` + `time_window`: one counter for every instance without its own.
         shared: Option<Limit>,
+        /// `<scope>/global` when the scope is fixed.
+        shared_key: Option<String>,
         /// Header names of the instances that count in `shared`, made the first time each is
         /// seen (copy-on-write: lock-free to read).
         shared_headers: HeaderCache,
@@ -323,6 +331,8 @@ fn key_part(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 const KEY_ROOT: &str = "ai-rate-limiting";
+/// The counter of the top-level quota, below the scope.
+const SHARED_COUNTER: &str = "global";
 
 impl AiRateLimiting {
     fn build(c: Conf, path: &str, owner: &Owner) -> Result<AiRateLimiting, ConfigError> {
@@ -410,6 +420,7 @@ impl AiRateLimiting {
                     })?;
                     own.push(InstanceQuota {
                         key: format!("instance/{}", key_part(&ic.name)),
+                        full_key: None,
                         name: ic.name.clone(),
                         limit: quota_limit(&ic.limit, &ic.time_window, &ipath, "limit")?,
                         headers,
@@ -418,6 +429,7 @@ impl AiRateLimiting {
                 Quotas::Instances {
                     own,
                     shared,
+                    shared_key: None,
                     shared_headers: ArcSwap::from_pointee(Vec::new()),
                 }
             }
@@ -454,6 +466,19 @@ impl AiRateLimiting {
             }
             Owner::Service(_) => Scope::PerRoute,
         };
+        let mut quotas = quotas;
+        if let (
+            Scope::Fixed(scope),
+            Quotas::Instances {
+                own, shared_key, ..
+            },
+        ) = (&scope, &mut quotas)
+        {
+            for q in own.iter_mut() {
+                q.full_key = Some(format!("{scope}/{}", q.key));
+            }
+            *shared_key = Some(format!("{scope}/{SHARED_COUNTER}"));
+        }
         Ok(AiRateLimiting {
             scope,
             quotas,
@@ -802,6 +827,7 @@ impl AiRateLimiting {
         let Quotas::Instances {
             own,
             shared,
+            shared_key,
             shared_headers,
         } = &self.quotas
         else {
@@ -810,6 +836,7 @@ impl AiRateLimiting {
         if let Some(q) = own.iter().find(|q| q.name == name) {
             return Some(InstanceCounter {
                 name: &q.key,
+                full_key: q.full_key.as_deref(),
                 limit: q.limit,
                 headers: Some(q.headers.clone()),
             });
@@ -839,7 +866,8 @@ impl AiRateLimiting {
             }
         };
         Some(InstanceCounter {
-            name: "global",
+            name: SHARED_COUNTER,
+            full_key: shared_key.as_deref(),
             limit,
             headers,
         })
@@ -849,9 +877,10 @@ impl AiRateLimiting {
         if !self.show_headers {
             return;
         }
-        out.push((h.limit.clone(), HeaderValue::from(q.limit)));
-        out.push((h.remaining.clone(), HeaderValue::from(q.remaining)));
-        out.push((h.reset.clone(), HeaderValue::from(reset_secs(q.reset))));
+        out.reserve(3);
+        out.push((h.limit.clone(), number_value(q.limit)));
+        out.push((h.remaining.clone(), number_value(q.remaining)));
+        out.push((h.reset.clone(), number_value(reset_secs(q.reset))));
     }
 
     fn refusal(
@@ -1058,39 +1087,62 @@ impl Plugin for AiRateLimiting {
             llm.keep_raw_usage = true;
         }
         let estimate = self.estimate(&llm.request, &llm.instance);
-        let mut headers = q.skipped.clone();
+        // The last attempt's headers go (this attempt's instance may count in another quota);
+        // this attempt's are written straight into the answer's, after those of instances
+        // skipped because their quota was spent.
+        if !q.written.is_empty() {
+            response_headers.retain(|(k, _)| !q.written.contains(k));
+            q.written.clear();
+        }
+        let start = response_headers.len();
+        response_headers.extend(q.skipped.iter().cloned());
         match &self.quotas {
             Quotas::Instances { .. } => {
                 let name = llm.instance.name.as_str();
                 if let Some(counter) = self.instance_quota(name) {
                     let h = counter.headers.as_deref();
-                    // Joined by hand: `format!` costs several times as much, per attempt.
-                    let mut key = String::with_capacity(q.scope.len() + 1 + counter.name.len());
-                    key.push_str(&q.scope);
-                    key.push('/');
-                    key.push_str(counter.name);
-                    match self.store.reserve(&key, counter.limit, estimate).await {
+                    // A service's plugin counts per route: its key is joined here (by hand:
+                    // `format!` costs several times as much, per attempt).
+                    let joined;
+                    let key = match counter.full_key {
+                        Some(k) => k,
+                        None => {
+                            let mut k =
+                                String::with_capacity(q.scope.len() + 1 + counter.name.len());
+                            k.push_str(&q.scope);
+                            k.push('/');
+                            k.push_str(counter.name);
+                            joined = k;
+                            &joined
+                        }
+                    };
+                    match self.store.reserve(key, counter.limit, estimate).await {
                         Ok(Admission::Admitted { quota, ticket }) => {
                             q.held.push(ticket);
                             if let Some(h) = h {
-                                self.push_headers(&mut headers, h, &quota);
+                                self.push_headers(response_headers, h, &quota);
                             }
                         }
                         Ok(Admission::Rejected { quota }) => {
+                            response_headers.truncate(start);
                             let mut mine = Vec::new();
                             if let Some(h) = h {
                                 self.push_headers(&mut mine, h, &quota);
                             }
                             let try_another = llm.multi().is_some_and(|m| m.quota_fallback);
+                            let mut headers = q.skipped.clone();
                             if try_another {
                                 q.skipped.extend(mine.iter().cloned());
                             }
                             headers.extend(mine);
-                            response_headers.retain(|(k, _)| !q.written.contains(k));
-                            q.written.clear();
                             return Err(self.refusal(name, &quota, headers, try_another));
                         }
-                        Err(e) => self.store_failed(e)?,
+                        Err(e) => {
+                            if let Err(refusal) = self.store_failed(e) {
+                                response_headers.truncate(start);
+                                return Err(refusal);
+                            }
+                        }
                     }
                 }
             }
@@ -1100,15 +1152,16 @@ impl Plugin for AiRateLimiting {
                     match self.store.reserve(key, rule.limit, estimate).await {
                         Ok(Admission::Admitted { quota, ticket }) => {
                             q.held.push(ticket);
-                            self.push_headers(&mut headers, &rule.headers, &quota);
+                            self.push_headers(response_headers, &rule.headers, &quota);
                         }
                         Ok(Admission::Rejected { quota }) => {
                             for t in q.held.drain(..) {
                                 self.store.settle(t, 0);
                             }
+                            // The rules admitted so far say what they have left, this one
+                            // that it is spent.
+                            let mut headers: Vec<_> = response_headers.drain(start..).collect();
                             self.push_headers(&mut headers, &rule.headers, &quota);
-                            response_headers.retain(|(k, _)| !q.written.contains(k));
-                            q.written.clear();
                             let what = format!("rule {}", rule.label);
                             return Err(self.refusal(&what, &quota, headers, false));
                         }
@@ -1117,6 +1170,7 @@ impl Plugin for AiRateLimiting {
                                 for t in q.held.drain(..) {
                                     self.store.settle(t, 0);
                                 }
+                                response_headers.truncate(start);
                                 return Err(refusal);
                             }
                         }
@@ -1124,10 +1178,8 @@ impl Plugin for AiRateLimiting {
                 }
             }
         }
-        response_headers.retain(|(k, _)| !q.written.contains(k));
-        q.written.clear();
-        q.written.extend(headers.iter().map(|(k, _)| k.clone()));
-        response_headers.extend(headers);
+        q.written
+            .extend(response_headers[start..].iter().map(|(k, _)| k.clone()));
         Ok(())
     }
 

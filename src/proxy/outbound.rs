@@ -374,7 +374,7 @@ pub async fn shape_request(
         );
         h.insert(
             http::header::CONTENT_LENGTH,
-            HeaderValue::from(llm.upstream_body.len()),
+            crate::net::number_value(llm.upstream_body.len() as u64),
         );
         // The retry after a stale pooled connection runs on a connection of its own (see
         // `fallback::fresh_connection`), which must not be pooled afterwards.
@@ -447,7 +447,7 @@ pub async fn shape_request(
         set(
             req,
             http::header::CONTENT_LENGTH,
-            HeaderValue::from(body.len()),
+            crate::net::number_value(body.len() as u64),
         )?;
     } else if has_te && req.headers.contains_key(http::header::CONTENT_LENGTH) {
         // Streaming the client's body through with its own framing, which is `Content-Length`

@@ -291,7 +291,9 @@ fn refused_and_abandoned_requests_give_their_share_back() {
     });
 
     // A client that hangs up while the provider is still answering: the body is held to the
-    // end of the request, which gives it back however it ends.
+    // end of the request, which gives it back however it ends. (Counted before sending: the
+    // gateway may forward the request before the test reads the count.)
+    let before = mock.llm_requests().len();
     let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     write!(
         s,
@@ -300,7 +302,6 @@ fn refused_and_abandoned_requests_give_their_share_back() {
     )
     .unwrap();
     s.write_all(&big).unwrap();
-    let before = mock.llm_requests().len();
     wait_until("the abandoned body reached the provider", || {
         mock.llm_requests().len() > before
     });
