@@ -230,7 +230,9 @@ impl EtcdSync {
             }
             attempts += 1;
             if attempts == STALE_LOADS {
-                log::warn!("etcd: this node's admin writes kept overtaking the full load; loading again");
+                log::warn!(
+                    "etcd: this node's admin writes kept overtaking the full load; loading again"
+                );
                 return;
             }
         };
