@@ -568,7 +568,7 @@ pub struct TimeoutConf {
     pub read: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamKeepalive {
     #[serde(default)]

@@ -34,6 +34,7 @@ pub struct AiProxy {
 
 impl AiProxy {
     pub fn build(conf: &AiProxyConf, path: &str) -> Result<AiProxy, ConfigError> {
+        crate::providers::instance::check_keepalive_pool(conf.keepalive_pool, path)?;
         let provider = match (conf.provider, conf.model.as_ref().map(|m| m.provider)) {
             (Some(p), None) => p,
             (None, Some(p)) => p,

@@ -95,6 +95,7 @@ impl AiProxyMulti {
         owner: &Owner,
     ) -> Result<AiProxyMulti, ConfigError> {
         let err = |f: &str, m: String| ConfigError::new(format!("{path}{f}"), m);
+        crate::providers::instance::check_keepalive_pool(conf.keepalive_pool, path)?;
         if conf.instances.is_empty() {
             return Err(err(
                 ".instances",

@@ -615,22 +615,21 @@ fn build_policy(c: &Conf, path: &str) -> Result<Policy, ConfigError> {
             ))
         }
     };
-    // APISIX's pool settings: accepted so that configs exported from APISIX load unchanged, and
-    // range-checked as APISIX does, but there is no pool to size here: aigate keeps one
-    // multiplexed connection per Redis (per cluster node), shared by every request.
-    if let Some(ms) = c.redis_keepalive_timeout {
-        if ms < 1000 {
+    // APISIX's pool settings size a pool of Redis connections; aigate keeps one multiplexed
+    // connection per Redis (per cluster node), shared by every request, so there is nothing for
+    // them to size. APISIX's defaults (which exported configs carry) are accepted; any other
+    // value would be silently ignored, and is refused instead.
+    for (field, value, default) in [
+        ("redis_keepalive_timeout", c.redis_keepalive_timeout, 10_000),
+        ("redis_keepalive_pool", c.redis_keepalive_pool, 100),
+    ] {
+        if let Some(v) = value.filter(|v| *v != default) {
             return Err(ConfigError::new(
-                at("redis_keepalive_timeout"),
-                format!("must be at least 1000 (milliseconds), not {ms}"),
-            ));
-        }
-    }
-    if let Some(n) = c.redis_keepalive_pool {
-        if n < 1 {
-            return Err(ConfigError::new(
-                at("redis_keepalive_pool"),
-                format!("must be at least 1, not {n}"),
+                at(field),
+                format!(
+                    "aigate keeps one multiplexed connection per Redis, with no pool to size: \
+                     remove this field or leave it at APISIX's default {default}, not {v}"
+                ),
             ));
         }
     }
@@ -1256,8 +1255,8 @@ mod tests {
             ("{limit: 1, time_window: 1, policy: redis}", format!("{p}.redis_host: is required with policy redis")),
             ("{limit: 1, time_window: 1, policy: redis, redis_host: 'a b'}", format!("{p}.redis_host: \"a b\" is not a host name")),
             ("{limit: 1, time_window: 1, policy: redis, redis_host: h, redis_database: -1}", format!("{p}.redis_database: must be 0 or more")),
-            ("{limit: 1, time_window: 1, policy: redis, redis_host: h, redis_keepalive_timeout: 10}", format!("{p}.redis_keepalive_timeout: must be at least 1000")),
-            ("{limit: 1, time_window: 1, policy: redis, redis_host: h, redis_keepalive_pool: 0}", format!("{p}.redis_keepalive_pool: must be at least 1")),
+            ("{limit: 1, time_window: 1, policy: redis, redis_host: h, redis_keepalive_timeout: 10}", format!("{p}.redis_keepalive_timeout: aigate keeps one multiplexed connection per Redis, with no pool to size: remove this field or leave it at APISIX's default 10000, not 10")),
+            ("{limit: 1, time_window: 1, policy: redis, redis_host: h, redis_keepalive_pool: 0}", format!("{p}.redis_keepalive_pool: aigate keeps one multiplexed connection per Redis, with no pool to size: remove this field or leave it at APISIX's default 100, not 0")),
             ("{limit: 1, time_window: 1, redis_keepalive_pool: 5}", format!("{p}.redis_keepalive_pool: only with policy redis or redis-cluster")),
             ("{limit: 1, time_window: 1, policy: redis-cluster, redis_cluster_nodes: ['nope'], redis_cluster_name: c}", format!("{p}.redis_cluster_nodes[0]: \"nope\" is not \"host:port\"")),
             ("{limit: 1, time_window: 1, policy: redis-cluster, redis_cluster_nodes: ['a:1']}", format!("{p}.redis_cluster_name: is required with policy redis-cluster")),

@@ -109,11 +109,33 @@ impl Upstream {
                 Some(s) => limits::secs(s).map_err(|m| err(&format!(".timeout.{field}"), &m)),
             }
         };
+        // APISIX's `keepalive_pool`: `idle_timeout` is how long an idle connection to the
+        // upstream is kept. `size` and `requests` would need a pool per upstream; aigate's
+        // connections live in Pingora's one pool per process (`server.upstream_keepalive_pool_size`),
+        // so only APISIX's defaults (which exported configs carry) are accepted.
+        let pool = conf.keepalive_pool.unwrap_or_default();
+        for (field, value, default) in [("size", pool.size, 320), ("requests", pool.requests, 1000)]
+        {
+            if value.is_some_and(|v| v != default) {
+                return Err(err(
+                    &format!(".keepalive_pool.{field}"),
+                    &format!(
+                        "aigate keeps one connection pool per process (size it with \
+                         server.upstream_keepalive_pool_size); remove this field or leave it at \
+                         APISIX's default {default}"
+                    ),
+                ));
+            }
+        }
+        let idle_timeout = match pool.idle_timeout {
+            None => Duration::from_secs(60),
+            Some(s) => limits::secs(s).map_err(|m| err(".keepalive_pool.idle_timeout", &m))?,
+        };
         let peer = PeerOptions {
             connect_timeout: secs(t.and_then(|t| t.connect), "connect")?,
             read_timeout: secs(t.and_then(|t| t.read), "read")?,
             write_timeout: secs(t.and_then(|t| t.send), "send")?,
-            idle_timeout: Some(Duration::from_secs(60)),
+            idle_timeout: Some(idle_timeout),
             verify_tls: true,
         };
         let weights: Vec<u32> = nodes.iter().map(|n| n.weight).collect();

@@ -1180,3 +1180,71 @@ fn route_fields_aigate_does_not_act_on_are_refused_not_ignored() {
         &["WebSocket"],
     );
 }
+
+/// APISIX's pool sizes have nothing to size in aigate (one connection pool per process, one
+/// multiplexed Redis connection): APISIX's defaults, which exported configs carry, load; any
+/// other value is refused with its path instead of being silently ignored. An upstream's
+/// `keepalive_pool.idle_timeout` does something (the idle time of its pooled connections).
+#[test]
+fn pool_sizes_are_accepted_at_apisix_defaults_and_refused_otherwise() {
+    assert_valid(
+        &with_plugin(&format!("{OPENAI}        keepalive_pool: 30\n")),
+        &[],
+    );
+    assert_rejected(
+        &with_plugin(&format!("{OPENAI}        keepalive_pool: 50\n")),
+        &[],
+        "routes[0].plugins.ai-proxy.keepalive_pool",
+        &["server.upstream_keepalive_pool_size", "not 50"],
+    );
+    let multi = |pool: &str| with_multi(&format!("        keepalive_pool: {pool}\n"), "");
+    assert_valid(&multi("30"), &[]);
+    assert_rejected(
+        &multi("5"),
+        &[],
+        "routes[0].plugins.ai-proxy-multi.keepalive_pool",
+        &["one connection pool per process"],
+    );
+    let upstream = |pool: &str| {
+        format!(
+            "routes:\n  - id: u\n    uri: /u\n    upstream:\n      nodes: {{\"127.0.0.1:1\": 1}}\n      keepalive_pool: {pool}\n"
+        )
+    };
+    assert_valid(
+        &upstream("{size: 320, idle_timeout: 30, requests: 1000}"),
+        &[],
+    );
+    assert_rejected(
+        &upstream("{size: 10}"),
+        &[],
+        "routes[0].upstream.keepalive_pool.size",
+        &["default 320"],
+    );
+    assert_rejected(
+        &upstream("{requests: 5}"),
+        &[],
+        "routes[0].upstream.keepalive_pool.requests",
+        &["default 1000"],
+    );
+    assert_rejected(
+        &upstream("{idle_timeout: 0}"),
+        &[],
+        "routes[0].upstream.keepalive_pool.idle_timeout",
+        &[],
+    );
+    let quota = |extra: &str| {
+        format!(
+            "gateway:\n  listen: 127.0.0.1:9080\nroutes:\n  - id: r1\n    uri: /v1/chat/completions\n    plugins:\n      ai-rate-limiting: {{limit: 10, time_window: 60, policy: redis, redis_host: localhost{extra}}}\n      ai-proxy:\n{OPENAI}"
+        )
+    };
+    assert_valid(
+        &quota(", redis_keepalive_timeout: 10000, redis_keepalive_pool: 100"),
+        &[],
+    );
+    assert_rejected(
+        &quota(", redis_keepalive_pool: 500"),
+        &[],
+        "routes[0].plugins.ai-rate-limiting.redis_keepalive_pool",
+        &["default 100", "not 500"],
+    );
+}
