@@ -379,6 +379,19 @@ impl AiRateLimiting {
             }
             (None, None) => None,
         };
+        let scope = match owner {
+            Owner::Route(id) => Scope::Fixed(format!("{KEY_ROOT}/route/{}", key_part(id)).into()),
+            Owner::Consumer(name) => {
+                Scope::Fixed(format!("{KEY_ROOT}/consumer/{}", key_part(name)).into())
+            }
+            Owner::Service(_) => Scope::PerRoute,
+        };
+        // A route's or a consumer's counter keys are whole at build; a service's get the route's
+        // id per request.
+        let fixed_key = |counter: &str| match &scope {
+            Scope::Fixed(s) => Some(format!("{s}/{counter}")),
+            Scope::PerRoute => None,
+        };
         let quotas = match (&c.rules, shared, &c.instances) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
                 return Err(ConfigError::new(
@@ -418,9 +431,10 @@ impl AiRateLimiting {
                             format!("{:?} cannot be part of a header name (X-AI-RateLimit-Limit-<name>)", ic.name),
                         )
                     })?;
+                    let key = format!("instance/{}", key_part(&ic.name));
                     own.push(InstanceQuota {
-                        key: format!("instance/{}", key_part(&ic.name)),
-                        full_key: None,
+                        full_key: fixed_key(&key),
+                        key,
                         name: ic.name.clone(),
                         limit: quota_limit(&ic.limit, &ic.time_window, &ipath, "limit")?,
                         headers,
@@ -429,7 +443,7 @@ impl AiRateLimiting {
                 Quotas::Instances {
                     own,
                     shared,
-                    shared_key: None,
+                    shared_key: fixed_key(SHARED_COUNTER),
                     shared_headers: ArcSwap::from_pointee(Vec::new()),
                 }
             }
@@ -459,26 +473,6 @@ impl AiRateLimiting {
         };
         let store =
             quota::store_for(&policy, keys).map_err(|m| ConfigError::new(at("policy"), m))?;
-        let scope = match owner {
-            Owner::Route(id) => Scope::Fixed(format!("{KEY_ROOT}/route/{}", key_part(id)).into()),
-            Owner::Consumer(name) => {
-                Scope::Fixed(format!("{KEY_ROOT}/consumer/{}", key_part(name)).into())
-            }
-            Owner::Service(_) => Scope::PerRoute,
-        };
-        let mut quotas = quotas;
-        if let (
-            Scope::Fixed(scope),
-            Quotas::Instances {
-                own, shared_key, ..
-            },
-        ) = (&scope, &mut quotas)
-        {
-            for q in own.iter_mut() {
-                q.full_key = Some(format!("{scope}/{}", q.key));
-            }
-            *shared_key = Some(format!("{scope}/{SHARED_COUNTER}"));
-        }
         Ok(AiRateLimiting {
             scope,
             quotas,
@@ -1123,17 +1117,15 @@ impl Plugin for AiRateLimiting {
                             }
                         }
                         Ok(Admission::Rejected { quota }) => {
-                            response_headers.truncate(start);
-                            let mut mine = Vec::new();
+                            // The refusal carries the skipped instances' headers and this one's.
+                            let mut headers: Vec<_> = response_headers.drain(start..).collect();
                             if let Some(h) = h {
-                                self.push_headers(&mut mine, h, &quota);
+                                self.push_headers(&mut headers, h, &quota);
                             }
                             let try_another = llm.multi().is_some_and(|m| m.quota_fallback);
-                            let mut headers = q.skipped.clone();
                             if try_another {
-                                q.skipped.extend(mine.iter().cloned());
+                                q.skipped.extend(headers[q.skipped.len()..].iter().cloned());
                             }
-                            headers.extend(mine);
                             return Err(self.refusal(name, &quota, headers, try_another));
                         }
                         Err(e) => {
