@@ -258,6 +258,40 @@ fn an_idle_keepalive_connection_is_closed_at_keepalive_timeout() {
     );
 }
 
+/// The idle timer is one per connection, set lazily (`downstream::read_head`): a wait can start
+/// with the timer still set for an earlier wait's deadline, so it fires early and must be set
+/// again. Each idle gap here is shorter than the timeout but the gaps add up past it: no request
+/// may be refused and the connection may not close before its last request's timeout.
+#[test]
+fn a_busy_keepalive_connection_is_kept_until_its_last_request_idles_out() {
+    let mock = Mock::start("m");
+    let gw = gateway(
+        &mock,
+        "  client_header_timeout: 1\n  keepalive_timeout: 1\n",
+    );
+    let mut c = Conn::open(gw.port);
+    let body = chat_body("hi").to_string();
+    for i in 0..4 {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        let r = c.request(
+            "POST",
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    let idle_from = Instant::now();
+    assert!(c.wait_closed());
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_millis(2000),
+        "{idle:?}"
+    );
+}
+
 #[test]
 fn a_client_that_stops_reading_is_cut_at_send_timeout() {
     let mock = Mock::start("m");
