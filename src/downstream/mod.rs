@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
@@ -245,9 +245,12 @@ async fn read_head(
         if room == 0 {
             return Head::TooLarge;
         }
-        // Reads double in size, starting small.
-        buf.resize(filled + room.min(filled.max(FIRST_READ)), 0);
-        let mut read = std::pin::pin!(stream.read(&mut buf[filled..]));
+        // Reads double in size, starting small. They go into the buffer's spare capacity as it
+        // is (`read_buf`), without zeroing it first.
+        let want = room.min(filled.max(FIRST_READ));
+        buf.reserve(want);
+        let mut into = (&mut buf).limit(want);
+        let mut read = std::pin::pin!(stream.read_buf(&mut into));
         let result = match deadline {
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
@@ -289,8 +292,7 @@ async fn read_head(
                 }
                 return Head::Gone;
             }
-            Ok(n) => {
-                buf.truncate(filled + n);
+            Ok(_) => {
                 if let Some(end_at) = end.feed(&buf[filled..]) {
                     if end_at > l.max_header_size {
                         return Head::TooLarge;
