@@ -33,6 +33,25 @@ pub const MAX_THREADS: usize = 1024;
 /// `server.upstream_keepalive_pool_size × server.threads`: Pingora preallocates the pool.
 pub const MAX_KEEPALIVE_POOL: usize = 1 << 20;
 
+/// Why APISIX's pool sizes (ai-proxy's and an upstream's `keepalive_pool`) have nothing to size.
+pub const ONE_PROCESS_POOL: &str = "aigate keeps one connection pool per process, sized with \
+                                    server.upstream_keepalive_pool_size";
+
+/// An APISIX setting with nothing to act on in aigate (`why`): its APISIX default, which exported
+/// configs carry, is accepted; any other value would be silently ignored, so it is refused.
+pub fn apisix_default_only<T: PartialEq + std::fmt::Display>(
+    value: Option<T>,
+    default: T,
+    why: &str,
+) -> Result<(), String> {
+    match value {
+        Some(v) if v != default => Err(format!(
+            "{why}: remove this field or leave it at APISIX's default {default}, not {v}"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Seconds as written in APISIX objects (a float): between `MIN_SECS` and `MAX_SECS`.
 pub fn secs(v: f64) -> Result<Duration, String> {
     if (MIN_SECS..=MAX_SECS as f64).contains(&v) {

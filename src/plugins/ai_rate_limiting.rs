@@ -617,15 +617,12 @@ fn build_policy(c: &Conf, path: &str) -> Result<Policy, ConfigError> {
         ("redis_keepalive_timeout", c.redis_keepalive_timeout, 10_000),
         ("redis_keepalive_pool", c.redis_keepalive_pool, 100),
     ] {
-        if let Some(v) = value.filter(|v| *v != default) {
-            return Err(ConfigError::new(
-                at(field),
-                format!(
-                    "aigate keeps one multiplexed connection per Redis, with no pool to size: \
-                     remove this field or leave it at APISIX's default {default}, not {v}"
-                ),
-            ));
-        }
+        crate::config::limits::apisix_default_only(
+            value,
+            default,
+            "aigate keeps one multiplexed connection per Redis, with no pool to size",
+        )
+        .map_err(|m| ConfigError::new(at(field), m))?;
     }
     let fields = RedisFields {
         redis_host: c.redis_host.clone(),

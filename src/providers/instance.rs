@@ -16,25 +16,11 @@ use crate::llm::request::{BodyOptions, LlmRequest};
 use crate::net::endpoint::{encode_query_component, Endpoint};
 use crate::net::peer::PeerOptions;
 
-/// APISIX's default `keepalive_pool` for ai-proxy and ai-proxy-multi.
-pub const APISIX_KEEPALIVE_POOL: u32 = 30;
-
-/// `keepalive_pool` sizes a per-plugin connection pool in APISIX. aigate's connections to
-/// providers live in Pingora's one pool per process (`server.upstream_keepalive_pool_size`), so
-/// only APISIX's default, which exported configs carry, is accepted; any other size would be
-/// silently ignored, and is refused instead.
+/// `keepalive_pool` sizes a per-plugin connection pool in APISIX; aigate's connections to
+/// providers live in Pingora's one pool per process, so only APISIX's default, 30, is accepted.
 pub fn check_keepalive_pool(v: Option<u32>, path: &str) -> Result<(), ConfigError> {
-    match v {
-        Some(n) if n != APISIX_KEEPALIVE_POOL => Err(ConfigError::new(
-            format!("{path}.keepalive_pool"),
-            format!(
-                "aigate keeps one connection pool per process (size it with \
-                 server.upstream_keepalive_pool_size); remove this field or leave it at \
-                 APISIX's default {APISIX_KEEPALIVE_POOL}, not {n}"
-            ),
-        )),
-        _ => Ok(()),
-    }
+    crate::config::limits::apisix_default_only(v, 30, crate::config::limits::ONE_PROCESS_POOL)
+        .map_err(|m| ConfigError::new(format!("{path}.keepalive_pool"), m))
 }
 
 /// The settings an instance is built from, whichever plugin schema they came from.

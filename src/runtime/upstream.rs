@@ -111,21 +111,13 @@ impl Upstream {
         };
         // APISIX's `keepalive_pool`: `idle_timeout` is how long an idle connection to the
         // upstream is kept. `size` and `requests` would need a pool per upstream; aigate's
-        // connections live in Pingora's one pool per process (`server.upstream_keepalive_pool_size`),
-        // so only APISIX's defaults (which exported configs carry) are accepted.
+        // connections live in Pingora's one pool per process, so only APISIX's defaults are
+        // accepted.
         let pool = conf.keepalive_pool.unwrap_or_default();
         for (field, value, default) in [("size", pool.size, 320), ("requests", pool.requests, 1000)]
         {
-            if value.is_some_and(|v| v != default) {
-                return Err(err(
-                    &format!(".keepalive_pool.{field}"),
-                    &format!(
-                        "aigate keeps one connection pool per process (size it with \
-                         server.upstream_keepalive_pool_size); remove this field or leave it at \
-                         APISIX's default {default}"
-                    ),
-                ));
-            }
+            limits::apisix_default_only(value, default, limits::ONE_PROCESS_POOL)
+                .map_err(|m| err(&format!(".keepalive_pool.{field}"), &m))?;
         }
         let idle_timeout = match pool.idle_timeout {
             None => Duration::from_secs(60),
