@@ -10,7 +10,6 @@ use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::http::Connector;
 use pingora_http::{RequestHeader, ResponseHeader};
 
-use super::dns;
 use super::endpoint::Endpoint;
 use super::peer::{http_peer, PeerOptions};
 
@@ -88,9 +87,7 @@ pub async fn send(
     verify_tls: bool,
     max_response: usize,
 ) -> Result<Response, ClientError> {
-    let resolved = dns::resolve(&endpoint.host)
-        .await
-        .map_err(ClientError::Connect)?;
+    let resolved = endpoint.resolve().await.map_err(ClientError::Connect)?;
     let opts = PeerOptions {
         connect_timeout: timeout,
         read_timeout: timeout,

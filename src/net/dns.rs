@@ -215,12 +215,34 @@ impl Resolved {
 
 /// Resolve `host` (a name or an IP literal).
 pub async fn resolve(host: &str) -> Result<Resolved, String> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(Resolved::Literal(ip));
+    Host::of(host).resolve().await
+}
+
+/// A host made ready for look-ups: an IP literal parsed, or a name's shared cache entry. A
+/// compiled endpoint keeps one, so a request neither parses its host nor finds its entry again.
+#[derive(Clone, Debug)]
+pub enum Host {
+    Literal(IpAddr),
+    Name(Arc<Name>),
+}
+
+impl Host {
+    pub fn of(host: &str) -> Host {
+        match host.parse::<IpAddr>() {
+            Ok(ip) => Host::Literal(ip),
+            Err(_) => Host::Name(name(host)),
+        }
     }
-    let n = name(host);
-    let ips = n.addresses().await?;
-    Ok(Resolved::Name(n, ips))
+
+    pub async fn resolve(&self) -> Result<Resolved, String> {
+        match self {
+            Host::Literal(ip) => Ok(Resolved::Literal(*ip)),
+            Host::Name(n) => {
+                let ips = n.addresses().await?;
+                Ok(Resolved::Name(n.clone(), ips))
+            }
+        }
+    }
 }
 
 impl Name {

@@ -22,6 +22,7 @@ pub struct Endpoint {
     /// showed under callgrind).
     host_value: Cache<HeaderValue>,
     plain_uri: Cache<http::Uri>,
+    dns_host: Cache<crate::net::dns::Host>,
 }
 
 /// A value derived from the endpoint's fields: not part of what the endpoint is, so it takes no
@@ -126,6 +127,7 @@ impl Endpoint {
             query,
             host_value: Cache::default(),
             plain_uri: Cache::default(),
+            dns_host: Cache::default(),
         })
     }
 
@@ -150,6 +152,15 @@ impl Endpoint {
         }
         let v = HeaderValue::from_str(&self.authority()).ok()?;
         Some(self.host_value.0.get_or_init(|| v).clone())
+    }
+
+    /// Look the host up (an IP literal is parsed, and a name's cache entry found, only once).
+    pub async fn resolve(&self) -> Result<crate::net::dns::Resolved, String> {
+        self.dns_host
+            .0
+            .get_or_init(|| crate::net::dns::Host::of(&self.host))
+            .resolve()
+            .await
     }
 
     /// The request target (`path_and_query(extra)`) as a URI; built once when `extra` is empty.

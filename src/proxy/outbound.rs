@@ -16,7 +16,6 @@ use crate::llm::json_tap::JsonTap;
 use crate::llm::request::RewriteSpec;
 use crate::llm::sse::{SseTap, SseTapOptions};
 use crate::net::client::{self, ClientError};
-use crate::net::dns;
 use crate::net::peer::http_peer;
 use crate::observability::request_id;
 use crate::plugins::ctx::{LlmCall, ResponseTap};
@@ -221,7 +220,8 @@ pub async fn select_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayE
         let llm = ctx.plugins.llm.as_mut().expect("checked");
         let target = llm.target.as_ref().expect("set by prepare_attempt");
         let ep = &target.endpoint;
-        let resolved = dns::resolve(&ep.host)
+        let resolved = ep
+            .resolve()
             .await
             .map_err(|m| GatewayError::bad_gateway("upstream_unreachable", m))?;
         ctx.upstream_addr = Some(resolved.first(ep.port));
@@ -238,7 +238,9 @@ pub async fn select_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayE
         let idx = up.pick();
         ctx.upstream_node = Some(idx);
         let node = &up.nodes[idx];
-        let resolved = dns::resolve(&node.host)
+        let resolved = node
+            .dns
+            .resolve()
             .await
             .map_err(|m| GatewayError::bad_gateway("upstream_unreachable", m))?;
         ctx.upstream_addr = Some(resolved.first(node.port));

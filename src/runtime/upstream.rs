@@ -10,6 +10,8 @@ use crate::net::peer::PeerOptions;
 #[derive(Debug, Clone)]
 pub struct Node {
     pub host: String,
+    /// `host` made ready for look-ups once, not per request.
+    pub dns: crate::net::dns::Host,
     pub port: u16,
     pub weight: u32,
 }
@@ -58,6 +60,7 @@ impl Upstream {
                         .filter(|(_, p)| *p != 0)
                         .ok_or_else(|| err(&format!(".nodes.{k}"), "expected host or host:port"))?;
                     Ok(Node {
+                        dns: crate::net::dns::Host::of(&host),
                         host,
                         port,
                         weight: *w,
@@ -78,6 +81,7 @@ impl Upstream {
                         ));
                     }
                     Ok(Node {
+                        dns: crate::net::dns::Host::of(&host),
                         host,
                         port: n.port.unwrap_or(port),
                         weight: n.weight,

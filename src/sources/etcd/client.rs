@@ -741,7 +741,8 @@ impl EtcdClient {
         let endpoint = &self.inner.endpoints[idx];
         let what = url(endpoint, "/v3/watch");
         let unavailable = |m: String| Failure::Next(EtcdError::Unavailable(m));
-        let resolved = crate::net::dns::resolve(&endpoint.host)
+        let resolved = endpoint
+            .resolve()
             .await
             .map_err(|e| unavailable(format!("{what}: {e}")))?;
         let opts = PeerOptions {
