@@ -22,6 +22,7 @@
 
 pub mod fdlimit;
 pub mod head;
+pub mod stop;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -151,21 +152,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Downstream<A> {
             return None;
         };
         let l = &self.limits;
-        let mut shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
+        // One registration for the server's shutdown for the connection's life: see `stop`.
+        let mut stop_rx = shutdown.clone();
+        let mut changed = std::pin::pin!(stop_rx.changed());
+        let mut stop = stop::Stop::new(&shutdown, changed.as_mut());
         let mut idle = l.header_timeout;
         let mut first = true;
         // One idle timer for the connection's life, not one per request: see `read_head`.
         let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle));
         loop {
-            let head = read_head(
-                &mut stream,
-                idle,
-                idle_timer.as_mut(),
-                l,
-                &mut shutdown,
-                first,
-            )
-            .await;
+            let head = read_head(&mut stream, idle, idle_timer.as_mut(), l, &mut stop, first).await;
             first = false;
             let buf = match head {
                 Head::Ready(buf) => buf,
@@ -188,7 +185,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Downstream<A> {
             };
             let mut session = ServerSession::new_http1(stream);
             session.set_pipelined_prefix(buf);
-            if *shutdown.borrow() {
+            if stop.now() {
                 session.set_keepalive(None);
             } else {
                 // Pingora only needs to know that keep-alive is on; the idle wait is ours.
@@ -226,10 +223,10 @@ async fn read_head(
     idle: Duration,
     mut idle_timer: std::pin::Pin<&mut tokio::time::Sleep>,
     l: &ClientLimits,
-    shutdown: &mut ShutdownWatch,
+    stop: &mut stop::Stop<'_>,
     first: bool,
 ) -> Head {
-    if !first && *shutdown.borrow() {
+    if !first && stop.now() {
         return Head::Gone;
     }
     // Most headers are a few hundred bytes: one small allocation, grown only for big ones.
@@ -280,7 +277,7 @@ async fn read_head(
                             // Set for an earlier wait: wait on to this one's deadline.
                             idle_timer.as_mut().reset(idle_until);
                         }
-                        _ = shutdown.changed(), if !first => return Head::Gone,
+                        () = stop.wait(), if !first => return Head::Gone,
                     }
                 }
             }

@@ -226,3 +226,37 @@ fn sigterm_lets_streams_in_flight_finish_within_the_grace_period() {
     }
     assert!(took < Duration::from_secs(9), "{took:?}");
 }
+
+/// An idle keep-alive connection closes as soon as shutdown starts, so its client reconnects (to
+/// the new process, after an upgrade) at once, not after its `keepalive_timeout` (75 s here) or
+/// the grace period (5 s). A connection waits for shutdown on one registration for its whole
+/// life (`downstream::stop`): one of these has served several requests before it idles.
+#[test]
+fn idle_keepalive_connections_close_as_soon_as_shutdown_starts() {
+    let mock = Mock::start("m");
+    let s = setup(&mock);
+    let mut gw = spawn(&s, false, 0);
+    wait_listening(s.port);
+    let body = chat_body("hi").to_string();
+    let mut conns: Vec<Conn> = (0..2).map(|_| Conn::open(s.port)).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        for j in 0..1 + i * 3 {
+            let r = c.request(
+                "POST",
+                &format!("/chat/idle-{i}-{j}"),
+                &[("content-type", "application/json")],
+                body.as_bytes(),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    signal(&gw, libc::SIGTERM);
+    for c in &mut conns {
+        assert!(c.wait_closed(), "an idle connection was left open");
+    }
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(wait_exit(&mut gw, Duration::from_secs(20)).success());
+}
