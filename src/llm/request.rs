@@ -54,6 +54,9 @@ pub struct LlmRequest {
 #[derive(Debug, Clone, Default)]
 pub struct BodyOptions {
     pub fields: Vec<(String, String)>,
+    /// `model` among them, decoded once (not per request): `Some(None)` when it is there but
+    /// not a string.
+    model: Option<Option<String>>,
 }
 
 impl BodyOptions {
@@ -63,6 +66,7 @@ impl BodyOptions {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.to_string()))
                 .collect(),
+            model: map.get("model").map(|v| v.as_str().map(str::to_owned)),
         }
     }
 
@@ -79,8 +83,7 @@ impl BodyOptions {
 
     /// The configured model, if any.
     pub fn model(&self) -> Option<String> {
-        self.get("model")
-            .and_then(|v| serde_json::from_str::<String>(v).ok())
+        self.model.clone().flatten()
     }
 }
 
@@ -235,8 +238,8 @@ impl LlmRequest {
         }
         out.put_u8(b'}');
 
-        let model = match opt("model") {
-            Some(v) => serde_json::from_str::<String>(v).ok(),
+        let model = match &options.model {
+            Some(configured) => configured.clone(),
             None => self.model(),
         };
         Rewritten {
@@ -539,6 +542,26 @@ mod tests {
         assert_eq!(out.model.as_deref(), Some("gpt-4"));
         assert!(!out.stream);
         assert!(v.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn the_call_model_is_the_configured_one_else_the_clients() {
+        let r = req(r#"{"model":"client","messages":[]}"#);
+        let model = |opts: serde_json::Value| {
+            let opts = BodyOptions::from_map(opts.as_object().unwrap());
+            r.rewrite(&opts, RewriteSpec::default()).model
+        };
+        assert_eq!(
+            model(serde_json::json!({"model": "gpt-4"})).as_deref(),
+            Some("gpt-4")
+        );
+        assert_eq!(
+            model(serde_json::json!({"model": "a\"b"})).as_deref(),
+            Some("a\"b")
+        );
+        assert_eq!(model(serde_json::json!({})).as_deref(), Some("client"));
+        // Configured but not a string: sent as configured, and no model is named.
+        assert_eq!(model(serde_json::json!({"model": 5})), None);
     }
 
     #[test]
