@@ -152,11 +152,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Downstream<A> {
             return None;
         };
         let l = &self.limits;
-        let shutdown = shutdown.clone();
         // One registration for the server's shutdown for the connection's life: see `stop`.
         let mut stop_rx = shutdown.clone();
         let mut changed = std::pin::pin!(stop_rx.changed());
-        let mut stop = stop::Stop::new(&shutdown, changed.as_mut());
+        let mut stop = stop::Stop::new(shutdown, changed.as_mut());
         let mut idle = l.header_timeout;
         let mut first = true;
         // One idle timer for the connection's life, not one per request: see `read_head`.
@@ -193,7 +192,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Downstream<A> {
             }
             session.set_read_timeout(Some(l.body_timeout));
             session.set_write_timeout(Some(l.send_timeout));
-            let reused = self.app.process_new_http(session, &shutdown).await?;
+            let reused = self.app.process_new_http(session, shutdown).await?;
             // Persistent settings carry nothing aigate uses (no pipelining, no per-connection
             // request limit, no connection context).
             stream = reused.consume().0;

@@ -32,7 +32,6 @@ pub struct Stop<'a> {
     /// differs from the one it holds.
     changed: Changed<'a>,
     registered: Option<Waker>,
-    done: bool,
 }
 
 impl<'a> Stop<'a> {
@@ -42,14 +41,14 @@ impl<'a> Stop<'a> {
             rx,
             changed,
             registered: None,
-            done: false,
         }
     }
 
-    /// Whether the server is shutting down (or its watch is gone).
+    /// Whether the server is shutting down (or its watch is gone). Once `changed` has
+    /// completed this is true, so it is never polled again.
     pub fn now(&self) -> bool {
         // Pingora only ever sends `true`, once: any change is the shutdown.
-        self.already || self.done || self.rx.has_changed().unwrap_or(true)
+        self.already || self.rx.has_changed().unwrap_or(true)
     }
 
     /// Ready once the server is shutting down.
@@ -65,10 +64,7 @@ impl<'a> Stop<'a> {
             return Poll::Pending;
         }
         match self.changed.as_mut().poll(cx) {
-            Poll::Ready(_) => {
-                self.done = true;
-                Poll::Ready(())
-            }
+            Poll::Ready(_) => Poll::Ready(()),
             Poll::Pending => {
                 self.registered = Some(cx.waker().clone());
                 Poll::Pending

@@ -80,11 +80,6 @@ impl BodyOptions {
             .find(|(k, _)| k.as_bytes() == key)
             .map(|(_, v)| v.as_str())
     }
-
-    /// The configured model, if any.
-    pub fn model(&self) -> Option<String> {
-        self.model.clone().flatten()
-    }
 }
 
 /// What the rewrite must do besides applying options.

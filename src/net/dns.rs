@@ -213,11 +213,6 @@ impl Resolved {
     }
 }
 
-/// Resolve `host` (a name or an IP literal).
-pub async fn resolve(host: &str) -> Result<Resolved, String> {
-    Host::of(host).resolve().await
-}
-
 /// A host made ready for look-ups: an IP literal parsed, or a name's shared cache entry. A
 /// compiled endpoint keeps one, so a request neither parses its host nor finds its entry again.
 #[derive(Clone, Debug)]
@@ -422,6 +417,10 @@ mod tests {
         );
         assert_eq!(order(&[ip("10.0.0.1")], 6), vec![ip("10.0.0.1")]);
         assert!(order(&[], 0).is_empty());
+    }
+
+    async fn resolve(host: &str) -> Result<Resolved, String> {
+        Host::of(host).resolve().await
     }
 
     #[tokio::test]
