@@ -51,6 +51,8 @@ pub struct RequestCtx {
     pub refused: bool,
     /// The body the gateway read is also in Pingora's own retry buffer (`replay::keep_small_body`).
     pub body_in_retry_buffer: bool,
+    /// The upstream socket corked for this attempt, until its body is written (`net::cork`).
+    pub corked: Option<std::os::unix::io::RawFd>,
 }
 
 impl RequestCtx {
@@ -79,6 +81,7 @@ impl RequestCtx {
             body_reservation: None,
             refused: false,
             body_in_retry_buffer: false,
+            corked: None,
         }
     }
 }

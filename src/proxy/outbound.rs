@@ -468,13 +468,19 @@ pub async fn shape_request(
     Ok(())
 }
 
-/// `request_body_filter`: send the rewritten body (or the replayed one) instead of the client's.
-pub fn swap_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &RequestCtx) {
-    let replacement = match &ctx.plugins.llm {
+/// The whole body the gateway sends upstream for this attempt, when it holds one: an LLM call's
+/// (rewritten, or a passthrough answer), or a plain route's read for matching. `None`: the
+/// client's body streams through as it comes.
+pub fn held_body(ctx: &RequestCtx) -> Option<&Bytes> {
+    match &ctx.plugins.llm {
         Some(l) => Some(l.passthrough_body.as_ref().unwrap_or(&l.upstream_body)),
         None => ctx.replay_body.as_ref(),
-    };
-    let Some(replacement) = replacement else {
+    }
+}
+
+/// `request_body_filter`: send the rewritten body (or the replayed one) instead of the client's.
+pub fn swap_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &RequestCtx) {
+    let Some(replacement) = held_body(ctx) else {
         return;
     };
     *body = if end_of_stream {

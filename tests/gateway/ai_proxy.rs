@@ -202,6 +202,38 @@ fn many_requests_share_one_client_connection() {
     assert_eq!(mock.llm_requests().len(), 20);
 }
 
+#[test]
+fn the_provider_request_comes_in_one_tcp_segment_without_delay() {
+    let mock = Mock::start("segments");
+    let gw = Gateway::start(&route(&mock, ""));
+    let mut c = Conn::open(gw.port);
+    let started = std::time::Instant::now();
+    for i in 0..3 {
+        let body = chat_body(&format!("request {i}")).to_string();
+        let r = c.request(
+            "POST",
+            "/openai",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    // Header and body were held together and let go as soon as the body was written: not by the
+    // kernel's own 200 ms limit on a corked socket, which three requests would add up to.
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_millis(600), "{took:?}");
+    let sent = mock.llm_requests();
+    assert_eq!(sent.len(), 3);
+    for (i, r) in sent.iter().enumerate() {
+        // One connection, pooled between the requests: each one corked and uncorked again.
+        assert_eq!(r["conn_request"], i + 1, "{r}");
+        assert_eq!(
+            r["segments"], 1,
+            "request {i} came in several segments: {r}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // A stale pooled connection to a single instance
 

@@ -43,7 +43,8 @@ ENDPOINTS (routed by path; the query string is ignored):
   /anything[/...]        httpbin-style echo of method, url, args, headers, data, json.
   /health                {\"status\":\"ok\"}, status from health_status.
   GET    /_mock/requests  recorded requests, oldest first (last 1000); DELETE clears. Each has
-                          conn (connection number) and conn_request (1 = first on it).
+                          conn (connection number), conn_request (1 = first on it) and
+                          segments (TCP segments with data it came in; plain TCP on Linux).
   GET    /_mock/config    current process-wide knob defaults; POST a JSON object to change
                           some (keys as below with '_', null = back to CLI default);
                           DELETE resets all to the CLI defaults.

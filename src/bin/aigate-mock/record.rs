@@ -40,6 +40,9 @@ pub struct Record {
     /// place on that connection (1 = the first request): tests see connection reuse with it.
     conn: u64,
     conn_request: u64,
+    /// How many TCP segments with data carried the request (Linux; `None` elsewhere): tests see
+    /// whether a header and its body came in one.
+    segments: Option<u32>,
     /// 0 until a status has been written.
     status: AtomicU16,
     events_sent_at_ms: Mutex<Vec<u64>>,
@@ -69,7 +72,7 @@ impl Serialize for Record {
             s => Some(s),
         };
         let events = lock(&self.events_sent_at_ms).clone();
-        let mut s = serializer.serialize_struct("Record", 11)?;
+        let mut s = serializer.serialize_struct("Record", 12)?;
         s.serialize_field("seq", &self.seq)?;
         s.serialize_field("method", &self.method)?;
         s.serialize_field("path", &self.target)?;
@@ -79,6 +82,7 @@ impl Serialize for Record {
         s.serialize_field("received_at_ms", &self.received_at_ms)?;
         s.serialize_field("conn", &self.conn)?;
         s.serialize_field("conn_request", &self.conn_request)?;
+        s.serialize_field("segments", &self.segments)?;
         s.serialize_field("status", &status)?;
         s.serialize_field("events_sent_at_ms", &events)?;
         s.end()
@@ -98,8 +102,15 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// `conn`: (connection number, place of the request on it).
-    pub fn record(&self, req: &Request, received_at_ms: u64, conn: (u64, u64)) -> Arc<Record> {
+    /// `conn`: (connection number, place of the request on it); `segments`: the TCP segments with
+    /// data that carried it, when known.
+    pub fn record(
+        &self,
+        req: &Request,
+        received_at_ms: u64,
+        conn: (u64, u64),
+        segments: Option<u32>,
+    ) -> Arc<Record> {
         // Copy everything before taking the lock; only the seq is assigned under it.
         let mut record = Record {
             seq: 0,
@@ -110,6 +121,7 @@ impl Recorder {
             received_at_ms,
             conn: conn.0,
             conn_request: conn.1,
+            segments,
             status: AtomicU16::new(0),
             events_sent_at_ms: Mutex::new(Vec::new()),
         };
@@ -190,8 +202,13 @@ mod tests {
     #[test]
     fn records_serialise_with_status_and_events() {
         let recorder = Recorder::default();
-        let trace = Trace::new(Some(recorder.record(&request(b"{\"x\":1}"), 1000, (4, 2))));
-        recorder.record(&request(b"\xff"), 1001, (5, 1));
+        let trace = Trace::new(Some(recorder.record(
+            &request(b"{\"x\":1}"),
+            1000,
+            (4, 2),
+            Some(1),
+        )));
+        recorder.record(&request(b"\xff"), 1001, (5, 1), None);
         trace.status(200);
         trace.event_sent(1002);
         trace.event_sent(1003);
@@ -200,20 +217,21 @@ mod tests {
             log[0],
             json!({"seq": 1, "method": "POST", "path": "/v1/embeddings?a=1",
                    "headers": {"x-a": "1, 2", "host": "h"}, "body": "{\"x\":1}", "body_len": 7,
-                   "received_at_ms": 1000, "conn": 4, "conn_request": 2, "status": 200, "events_sent_at_ms": [1002, 1003]})
+                   "received_at_ms": 1000, "conn": 4, "conn_request": 2, "segments": 1, "status": 200, "events_sent_at_ms": [1002, 1003]})
         );
         assert_eq!(log[1]["status"], Value::Null);
+        assert_eq!(log[1]["segments"], Value::Null);
         assert_eq!(log[1]["body"], "\u{fffd}");
         assert_eq!(recorder.clear(), 2);
         assert_eq!(recorder.to_json(), b"[]");
-        assert_eq!(recorder.record(&request(b""), 0, (1, 1)).seq, 3);
+        assert_eq!(recorder.record(&request(b""), 0, (1, 1), None).seq, 3);
     }
 
     #[test]
     fn keeps_only_the_last_records() {
         let recorder = Recorder::default();
         for _ in 0..MAX_RECORDS + 5 {
-            recorder.record(&request(b""), 0, (1, 1));
+            recorder.record(&request(b""), 0, (1, 1), None);
         }
         let log: Value = serde_json::from_slice(&recorder.to_json()).unwrap();
         assert_eq!(log.as_array().unwrap().len(), MAX_RECORDS);

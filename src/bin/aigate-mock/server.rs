@@ -5,6 +5,7 @@
 //! to answer is synchronous and returns a `Reply`; only `send` touches the socket.
 
 use std::io;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -175,7 +176,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
             Ok((stream, _peer)) => {
                 // SSE tests look at TCP write boundaries; Nagle would merge them.
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_conn(app.clone(), stream));
+                let fd = stream.as_raw_fd();
+                tokio::spawn(serve_conn(app.clone(), stream, Some(fd)));
             }
             Err(e) => {
                 // Usually EMFILE under a benchmark: back off instead of spinning on stderr.
@@ -199,7 +201,9 @@ pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, app: Arc<Ap
                     let handshake =
                         tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
                     if let Ok(Ok(tls)) = handshake.await {
-                        serve_conn(app, tls).await;
+                        // Segments are not counted under TLS: a request can arrive with the
+                        // handshake's last flight, before a count could be taken.
+                        serve_conn(app, tls, None).await;
                     }
                 });
             }
@@ -221,6 +225,35 @@ struct ConnState {
     at: (u64, u64),
     /// The previous request said `close_next`: close without answering this one.
     drop_this: bool,
+    /// TCP segments with data that carried this request (see `data_segments_in`).
+    segments: Option<u32>,
+}
+
+/// How many TCP segments with data the socket has received so far (Linux's
+/// `tcpi_data_segs_in`): the difference across a request read says whether its header and body
+/// came in one segment. Nothing else arrives between two requests on a connection (the client
+/// waits for each answer), so the count at the end of one read is the start of the next.
+#[cfg(target_os = "linux")]
+fn data_segments_in(fd: Option<RawFd>) -> Option<u32> {
+    let fd = fd?;
+    // SAFETY: getsockopt writes at most `len` bytes into a zeroed plain-data struct it owns.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let ok = libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        ) == 0;
+        ok.then_some(info.tcpi_data_segs_in)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn data_segments_in(_fd: Option<RawFd>) -> Option<u32> {
+    None
 }
 
 /// What the connection does after a request.
@@ -231,12 +264,21 @@ enum Next {
     Close,
 }
 
-async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(app: Arc<App>, mut stream: S) {
+/// `fd`: the TCP socket under `stream`, to count the segments each request came in.
+async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
+    app: Arc<App>,
+    mut stream: S,
+    fd: Option<RawFd>,
+) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut state = ConnState {
         at: (app.conn_seq.fetch_add(1, Ordering::Relaxed) + 1, 0),
         drop_this: false,
+        segments: None,
     };
+    // Counted from the connection's start, before any data: the first request may be here
+    // already.
+    let mut segments_seen = Some(0);
     loop {
         let req = match http::read_request(&mut stream, &mut buf).await {
             Ok(req) => req,
@@ -255,6 +297,11 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(app: Arc<App>, mut stream
             Err(ReadError::Closed | ReadError::Broken) => return,
         };
         state.at.1 += 1;
+        let seen = data_segments_in(fd);
+        state.segments = seen
+            .zip(segments_seen)
+            .map(|(now, before)| now.wrapping_sub(before));
+        segments_seen = seen;
         match handle(&app, &mut stream, &req, state).await {
             Ok(Next::KeepAlive) => state.drop_this = false,
             Ok(Next::KeepAliveThenDrop) => state.drop_this = true,
@@ -292,7 +339,7 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     let trace = Trace::new(
         app.recorder
             .as_ref()
-            .map(|r| r.record(req, now_ms(), state.at)),
+            .map(|r| r.record(req, now_ms(), state.at, state.segments)),
     );
     if state.drop_this {
         // A provider that dropped this connection while it sat idle: the request arrives on a
