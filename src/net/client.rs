@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::http::Connector;
+use pingora_core::protocols::http::client::HttpSession;
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use super::cork;
 use super::endpoint::Endpoint;
 use super::peer::{http_peer, PeerOptions};
 
@@ -161,19 +163,31 @@ pub async fn send(
 /// One request/answer on `session`. On failure, the Pingora error behind it (if any) says
 /// whether the answer had started.
 async fn exchange(
-    session: &mut pingora_core::protocols::http::client::HttpSession,
+    session: &mut HttpSession,
     req: RequestHeader,
     body: Bytes,
     max_response: usize,
     what: &str,
 ) -> Result<Response, (ClientError, Option<Box<pingora_error::Error>>)> {
     let fail = |e: Box<pingora_error::Error>| (classify(&e, what), Some(e));
+    // Header and body in one TCP segment (see `cork`); here the writes are ours, so the uncork
+    // comes right after them. A failed write leaves the socket corked, and the caller closes it.
+    let corked = match &*session {
+        HttpSession::H1(h1) if !body.is_empty() => {
+            let fd = h1.stream().id();
+            cork::cork(fd).then_some(fd)
+        }
+        _ => None,
+    };
     session
         .write_request_header(Box::new(req))
         .await
         .map_err(fail)?;
     if !body.is_empty() {
         session.write_request_body(body, true).await.map_err(fail)?;
+    }
+    if let Some(fd) = corked {
+        cork::uncork(fd);
     }
     session.finish_request_body().await.map_err(fail)?;
     session.read_response_header().await.map_err(fail)?;

@@ -11,12 +11,15 @@
 //! Pingora 0.9 has no hook between its header and body writes, and its pool cannot hold a stream
 //! of aigate's own that could merge them (cloudflare/pingora#883). So the socket is corked
 //! (`TCP_CORK`) when Pingora hands it over (`connected_to_upstream`), which makes the kernel hold
-//! partial segments, and uncorked right after Pingora has written the body: `request_body_filter`
-//! sees the body's last piece just before Pingora writes it, and schedules the uncork as a task.
-//! Tokio runs a task spawned from a worker in that worker's LIFO slot, as soon as the current task
-//! yields, which it does when it waits for the provider's answer, after the body write. If it
-//! runs earlier (another worker, or the LIFO slot is busy), the header just goes out alone, as
-//! without the cork; and the kernel never holds a corked segment longer than 200 ms.
+//! partial segments, and uncorked the moment Pingora is done writing the body: the body Pingora
+//! gets in `request_body_filter` is wrapped (`uncork_when_sent`) so that dropping it uncorks, and
+//! Pingora drops a body piece right after writing it. No timer, no extra task, nothing to
+//! schedule: the uncork happens inside the same poll, after the write. Should the body never be
+//! written (the attempt failed), dropping it uncorks all the same; and the kernel never holds
+//! corked data longer than 200 ms.
+//!
+//! The gateway's own client (`net::client`: `passthrough`'s LLM call, GCP token grants) corks the
+//! same way around its own two writes and uncorks right after them.
 //!
 //! A connection never goes back to Pingora's pool corked: Pingora pools it only after the whole
 //! exchange, so after the body's last piece, when the uncork was scheduled. An attempt that fails
@@ -28,6 +31,8 @@
 
 use std::os::unix::io::RawFd;
 
+use bytes::Bytes;
+
 /// Cork `fd`; false if the kernel refused (not a TCP socket).
 pub fn cork(fd: RawFd) -> bool {
     set(fd, 1)
@@ -38,11 +43,29 @@ pub fn uncork(fd: RawFd) {
     set(fd, 0);
 }
 
-/// Uncork `fd` once the current task yields (see the module doc). The fd is a plain number: if
-/// its connection was closed (and the number reused) in between, the uncork lands on another
-/// socket, where it is a harmless push (or an error, ignored, on something not TCP).
-pub fn uncork_after_yield(fd: RawFd) {
-    tokio::spawn(async move { uncork(fd) });
+/// `body`, as bytes that uncork `fd` when the last reference to them drops: once Pingora has
+/// written them (see the module doc). The data is shared, not copied. The fd is a plain number:
+/// if its connection was closed (and the number reused) before the drop, the uncork lands on
+/// another socket, where it is a harmless push (or an error, ignored, on something not TCP).
+pub fn uncork_when_sent(fd: RawFd, body: Bytes) -> Bytes {
+    Bytes::from_owner(UncorkOnDrop { fd, body })
+}
+
+struct UncorkOnDrop {
+    fd: RawFd,
+    body: Bytes,
+}
+
+impl AsRef<[u8]> for UncorkOnDrop {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+impl Drop for UncorkOnDrop {
+    fn drop(&mut self) {
+        uncork(self.fd);
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -108,33 +131,23 @@ mod tests {
         assert!(!cork(-1));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn the_deferred_uncork_runs_once_the_task_yields() {
+    #[test]
+    fn the_wrapped_body_uncorks_when_its_last_reference_drops() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut w = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         w.set_nodelay(true).unwrap();
         let (mut r, _) = l.accept().unwrap();
-        let fd = w.as_raw_fd();
-        let got = tokio::spawn(async move {
-            assert!(cork(fd));
-            w.write_all(b"head ").unwrap();
-            uncork_after_yield(fd);
-            // Still this task's turn: the uncork has not run, so the body joins the held header.
-            w.write_all(b"body").unwrap();
-            r.set_nonblocking(true).unwrap();
-            let held = r.peek(&mut [0u8; 16]);
-            assert!(
-                matches!(&held, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-                "{held:?}"
-            );
-            r.set_nonblocking(false).unwrap();
-            tokio::task::yield_now().await;
-            // Well within the kernel's own 200 ms cork limit: the uncork task did it.
-            (readable(&mut r, Duration::from_millis(100)), w)
-        })
-        .await
-        .unwrap()
-        .0;
-        assert_eq!(got, b"head body");
+        assert!(cork(w.as_raw_fd()));
+        w.write_all(b"head ").unwrap();
+        let body = uncork_when_sent(w.as_raw_fd(), Bytes::from_static(b"body"));
+        let copy = body.clone();
+        w.write_all(&body).unwrap();
+        drop(body);
+        // A clone still holds it: still corked.
+        assert!(readable(&mut r, Duration::from_millis(50)).is_empty());
+        assert_eq!(&copy[..], b"body");
+        drop(copy);
+        // Well within the kernel's own 200 ms limit: the drop did it.
+        assert_eq!(readable(&mut r, Duration::from_millis(100)), b"head body");
     }
 }

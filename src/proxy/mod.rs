@@ -187,9 +187,12 @@ impl ProxyHttp for Gateway {
         }
         outbound::swap_body(body, end_of_stream, ctx);
         if end_of_stream {
-            // Pingora writes this last piece next, then waits for the answer: uncork then.
+            // Pingora writes this last piece next and drops it once written: uncork then.
             if let Some(fd) = ctx.corked.take() {
-                cork::uncork_after_yield(fd);
+                match body.take().filter(|b| !b.is_empty()) {
+                    Some(b) => *body = Some(cork::uncork_when_sent(fd, b)),
+                    None => cork::uncork(fd),
+                }
             }
         }
         Ok(())

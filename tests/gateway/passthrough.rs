@@ -105,6 +105,10 @@ fn the_llm_answer_is_sent_on_to_the_upstream_and_the_client_gets_its_reply() {
     let reqs = echo.requests();
     assert_eq!(reqs.len(), 1, "{reqs:?}");
     let up = &reqs[0];
+    // Both hops sent header and body in one TCP segment (`net::cork`): the gateway's own client
+    // to the LLM, Pingora to the upstream.
+    assert_eq!(llm.llm_requests()[0]["segments"], 1);
+    assert_eq!(up["segments"], 1, "{up}");
     assert_eq!(up["method"], "POST");
     assert_eq!(up["path"], "/anything?x=1&y=two");
     assert_eq!(header(up, "content-type"), Some("application/json"));
