@@ -106,14 +106,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn corked_writes_wait_for_the_uncork_and_arrive_together() {
+    /// A connected (writer, reader) pair, the writer corked with `head ` written.
+    fn corked_pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut w = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         w.set_nodelay(true).unwrap();
-        let (mut r, _) = l.accept().unwrap();
+        let (r, _) = l.accept().unwrap();
         assert!(cork(w.as_raw_fd()));
         w.write_all(b"head ").unwrap();
+        (w, r)
+    }
+
+    #[test]
+    fn corked_writes_wait_for_the_uncork_and_arrive_together() {
+        let (mut w, mut r) = corked_pair();
         w.write_all(b"body").unwrap();
         assert!(readable(&mut r, Duration::from_millis(50)).is_empty());
         uncork(w.as_raw_fd());
@@ -133,12 +139,7 @@ mod tests {
 
     #[test]
     fn the_wrapped_body_uncorks_when_its_last_reference_drops() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut w = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        w.set_nodelay(true).unwrap();
-        let (mut r, _) = l.accept().unwrap();
-        assert!(cork(w.as_raw_fd()));
-        w.write_all(b"head ").unwrap();
+        let (mut w, mut r) = corked_pair();
         let body = uncork_when_sent(w.as_raw_fd(), Bytes::from_static(b"body"));
         let copy = body.clone();
         w.write_all(&body).unwrap();

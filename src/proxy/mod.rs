@@ -17,13 +17,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::net::cork;
 use crate::observability::access_log::AccessLog;
 use crate::observability::request_id;
 use crate::runtime::Store;
@@ -138,17 +136,7 @@ impl ProxyHttp for Gateway {
         _digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        // The header and a body the gateway holds whole go out in one segment (`net::cork`); a
-        // socket an earlier attempt corked but never sent its body on is uncorked first.
-        if let Some(old) = ctx.corked.take() {
-            cork::uncork(old);
-        }
-        if peer.options.alpn == ALPN::H1
-            && outbound::held_body(ctx).is_some_and(|b| !b.is_empty())
-            && cork::cork(fd)
-        {
-            ctx.corked = Some(fd);
-        }
+        outbound::cork_for_held_body(peer, fd, ctx);
         // A multi-address name may have connected to another address than the peer's nominal one.
         if peer.options.custom_l4.is_some() {
             if let Some(a) = crate::net::connect::peer_of(fd) {
@@ -186,15 +174,6 @@ impl ProxyHttp for Gateway {
             .into_down());
         }
         outbound::swap_body(body, end_of_stream, ctx);
-        if end_of_stream {
-            // Pingora writes this last piece next and drops it once written: uncork then.
-            if let Some(fd) = ctx.corked.take() {
-                match body.take().filter(|b| !b.is_empty()) {
-                    Some(b) => *body = Some(cork::uncork_when_sent(fd, b)),
-                    None => cork::uncork(fd),
-                }
-            }
-        }
         Ok(())
     }
 

@@ -1,11 +1,14 @@
 //! The upstream side of a request: choosing the peer, shaping the upstream request (endpoint,
-//! auth, headers) and swapping in the rewritten body. Also the first hop of `passthrough`, which
+//! auth, headers) and swapping in the rewritten body (which leaves with its header in one TCP
+//! segment, `net::cork`). Also the first hop of `passthrough`, which
 //! the gateway makes itself before proxying to the route's upstream.
 
+use std::os::unix::io::RawFd;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
@@ -16,6 +19,7 @@ use crate::llm::json_tap::JsonTap;
 use crate::llm::request::RewriteSpec;
 use crate::llm::sse::{SseTap, SseTapOptions};
 use crate::net::client::{self, ClientError};
+use crate::net::cork;
 use crate::net::peer::http_peer;
 use crate::observability::request_id;
 use crate::plugins::ctx::{LlmCall, ResponseTap};
@@ -478,13 +482,40 @@ pub fn held_body(ctx: &RequestCtx) -> Option<&Bytes> {
     }
 }
 
+/// `connected_to_upstream`: header and held body in one TCP segment (`net::cork`). The socket is
+/// corked until `swap_body` hands Pingora the body; one an earlier attempt corked but never sent
+/// its body on is uncorked first.
+pub fn cork_for_held_body(peer: &HttpPeer, fd: RawFd, ctx: &mut RequestCtx) {
+    if let Some(old) = ctx.corked.take() {
+        cork::uncork(old);
+    }
+    if peer.options.alpn == ALPN::H1
+        && held_body(ctx).is_some_and(|b| !b.is_empty())
+        && cork::cork(fd)
+    {
+        ctx.corked = Some(fd);
+    }
+}
+
 /// `request_body_filter`: send the rewritten body (or the replayed one) instead of the client's.
-pub fn swap_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &RequestCtx) {
+pub fn swap_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
+    let corked = if end_of_stream {
+        ctx.corked.take()
+    } else {
+        None
+    };
     let Some(replacement) = held_body(ctx) else {
+        if let Some(fd) = corked {
+            cork::uncork(fd);
+        }
         return;
     };
     *body = if end_of_stream {
-        Some(replacement.clone())
+        // Pingora writes this last piece next and drops it once written: uncork then.
+        Some(match corked {
+            Some(fd) => cork::uncork_when_sent(fd, replacement.clone()),
+            None => replacement.clone(),
+        })
     } else {
         // Empty, not None: None would tell Pingora the body has ended.
         Some(Bytes::new())

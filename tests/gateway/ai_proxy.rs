@@ -188,8 +188,14 @@ fn keepalive_false_closes_upstream_connections() {
 fn many_requests_share_one_client_connection() {
     let mock = Mock::start("conn");
     let gw = Gateway::start(&route(&mock, ""));
+    chats_on_one_connection(&gw, 20);
+    assert_eq!(mock.llm_requests().len(), 20);
+}
+
+/// `n` chat requests one after another on one client connection, each answered 200.
+fn chats_on_one_connection(gw: &Gateway, n: usize) {
     let mut c = Conn::open(gw.port);
-    for i in 0..20 {
+    for i in 0..n {
         let body = chat_body(&format!("request {i}")).to_string();
         let r = c.request(
             "POST",
@@ -199,25 +205,14 @@ fn many_requests_share_one_client_connection() {
         );
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
     }
-    assert_eq!(mock.llm_requests().len(), 20);
 }
 
 #[test]
 fn the_provider_request_comes_in_one_tcp_segment_without_delay() {
     let mock = Mock::start("segments");
     let gw = Gateway::start(&route(&mock, ""));
-    let mut c = Conn::open(gw.port);
     let started = std::time::Instant::now();
-    for i in 0..3 {
-        let body = chat_body(&format!("request {i}")).to_string();
-        let r = c.request(
-            "POST",
-            "/openai",
-            &[("content-type", "application/json")],
-            body.as_bytes(),
-        );
-        assert_eq!(r.status, 200, "request {i}: {}", r.text());
-    }
+    chats_on_one_connection(&gw, 3);
     // Header and body were held together and let go as soon as the body was written: not by the
     // kernel's own 200 ms limit on a corked socket, which three requests would add up to.
     let took = started.elapsed();
