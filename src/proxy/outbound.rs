@@ -499,11 +499,7 @@ pub fn cork_for_held_body(peer: &HttpPeer, fd: RawFd, ctx: &mut RequestCtx) {
 
 /// `request_body_filter`: send the rewritten body (or the replayed one) instead of the client's.
 pub fn swap_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
-    let corked = if end_of_stream {
-        ctx.corked.take()
-    } else {
-        None
-    };
+    let corked = end_of_stream.then(|| ctx.corked.take()).flatten();
     let Some(replacement) = held_body(ctx) else {
         if let Some(fd) = corked {
             cork::uncork(fd);

@@ -11,6 +11,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use pingora_core::protocols::l4::ext::get_tcp_info;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -230,30 +231,12 @@ struct ConnState {
 }
 
 /// How many TCP segments with data the socket has received so far (Linux's
-/// `tcpi_data_segs_in`): the difference across a request read says whether its header and body
-/// came in one segment. Nothing else arrives between two requests on a connection (the client
-/// waits for each answer), so the count at the end of one read is the start of the next.
-#[cfg(target_os = "linux")]
+/// `tcpi_data_segs_in`, through Pingora's `get_tcp_info`; `None` elsewhere): the difference
+/// across a request read says whether its header and body came in one segment. Nothing else
+/// arrives between two requests on a connection (the client waits for each answer), so the count
+/// at the end of one read is the start of the next.
 fn data_segments_in(fd: Option<RawFd>) -> Option<u32> {
-    let fd = fd?;
-    // SAFETY: getsockopt writes at most `len` bytes into a zeroed plain-data struct it owns.
-    unsafe {
-        let mut info: libc::tcp_info = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        let ok = libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        ) == 0;
-        ok.then_some(info.tcpi_data_segs_in)
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn data_segments_in(_fd: Option<RawFd>) -> Option<u32> {
-    None
+    get_tcp_info(fd?).ok().map(|info| info.tcpi_data_segs_in)
 }
 
 /// What the connection does after a request.
